@@ -1,0 +1,1 @@
+"""Tracking: photos and videos to FLAME parameters and cameras (offline, mediapipe)."""

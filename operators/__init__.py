@@ -1,0 +1,1 @@
+"""Blender side (filled in by the extension work)."""

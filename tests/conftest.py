@@ -1,0 +1,91 @@
+"""Shared fixtures: the conformance kit (../shared/conformance) and synthetic assets made from it.
+
+The kit's generators write an official-format ``GAGAvatar.pt`` (deterministic weights) and a
+synthetic ``FLAME_with_eye.pt``; they are generated once into a cache folder
+(``$GAGAVATAR_TEST_CACHE``, default ``<repo>/.cache/tests``) and loaded through the real loaders.
+"""
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# bpy writes user config on import: keep it out of the user's home, before anything imports bpy.
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="gagavatar-blender-user-"))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def conformance_dir() -> Path:
+    env = os.environ.get("GAGAVATAR_CONFORMANCE")
+    d = Path(env) if env else REPO.parent / "shared" / "conformance"
+    if not (d / "compare.py").exists():
+        raise RuntimeError(f"conformance kit not found at {d}: set GAGAVATAR_CONFORMANCE to the "
+                           "shared/conformance folder")
+    return d
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("GAGAVATAR_TEST_CACHE", REPO / ".cache" / "tests"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _generate(script: str, out: Path, *args: str) -> Path:
+    """Run a kit generator once; write to a temp name and rename, so parallel runs never see half a file."""
+    if out.exists():
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    subprocess.run([sys.executable, str(conformance_dir() / script), str(tmp), *args], check=True,
+                   stdout=subprocess.DEVNULL)
+    os.replace(tmp, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def kit():
+    """The kit's modules: ``kit.compare``, ``kit.reference_rasterizer``, ``kit.mk`` (checkpoint maker)."""
+    d = str(conformance_dir())
+    if d not in sys.path:
+        sys.path.insert(0, d)
+
+    class Kit:
+        compare = importlib.import_module("compare")
+        reference_rasterizer = importlib.import_module("reference_rasterizer")
+        mk = importlib.import_module("make_official_checkpoint")
+    return Kit
+
+
+@pytest.fixture(scope="session")
+def case(kit):
+    """Reference case seed 0 (trusted kit file: loaded with weights_only=False by the kit's helper)."""
+    return kit.compare.load_case(conformance_dir() / "cases" / "seed0.pt")
+
+
+@pytest.fixture(scope="session")
+def render_case(kit):
+    return kit.compare.load_case(conformance_dir() / "cases" / "render_seed0.pt")
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint() -> Path:
+    """Official-format GAGAvatar.pt (seed 0, with the perceptual-loss weights), ~750 MB."""
+    return _generate("make_official_checkpoint.py", cache_dir() / "gaga_seed0.pt", "--seed", "0")
+
+
+@pytest.fixture(scope="session")
+def flame_asset() -> Path:
+    """Synthetic FLAME_with_eye.pt (seed 0)."""
+    return _generate("make_flame_asset.py", cache_dir() / "flame_seed0.pt", "--seed", "0")
+
+
+@pytest.fixture(scope="session")
+def assets_dir(official_checkpoint, flame_asset, tmp_path_factory) -> Path:
+    """An asset folder laid out like the real one (links to the synthetic files)."""
+    d = tmp_path_factory.mktemp("assets")
+    (d / "GAGAvatar.pt").symlink_to(official_checkpoint)
+    (d / "FLAME_with_eye.pt").symlink_to(flame_asset)
+    return d
