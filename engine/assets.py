@@ -1,0 +1,281 @@
+"""The model assets: where they live, what they must contain, and how to download them.
+
+Folder: ``--assets DIR``, else ``$GAGAVATAR_ASSETS``, else the user data folder
+(``$XDG_DATA_HOME/gagavatar`` or ``~/.local/share/gagavatar`` on Linux,
+``~/Library/Application Support/gagavatar`` on macOS, ``%APPDATA%\\gagavatar`` on Windows).
+
+Files (:data:`MANIFEST`), published by the GAGAvatar authors on Hugging Face:
+``GAGAvatar.pt`` (the network weights) and ``FLAME_with_eye.pt`` (the FLAME head model, which
+may only be used under the FLAME licence, https://flame.is.tue.mpg.de). No checksums are
+published, so every file is checked by structure (keys and shapes) instead.
+
+Downloads use ``urllib`` only: ``<name>.part`` grows with HTTP Range requests (an interrupted or
+cancelled download resumes where it stopped); the finished file is renamed into place only once
+its structure check passes, and a file that fails the check is deleted.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .. import __version__
+from .checkpoints import load_torch_file, read_checkpoint
+from .errors import AssetError, Cancelled
+
+ENV_VAR = "GAGAVATAR_ASSETS"
+BASE_URL = "https://huggingface.co/xg-chu/GAGAvatar/resolve/main/assets"
+FLAME_LICENSE_URL = "https://flame.is.tue.mpg.de"
+DOWNLOAD_HINT = "run `gagavatar assets download --accept-license`"
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60
+
+#: group -> key -> shape of FLAME_with_eye.pt (as GAGAvatar's FLAME.py reads it).
+FLAME_LAYOUT: dict[str, dict[str, tuple[int, ...]]] = {
+    "flame_model": {
+        "v_template": (5023, 3), "f": (9976, 3), "shapedirs": (5023, 3, 400),
+        "posedirs": (5023, 3, 36), "J_regressor": (5, 5023), "kintree_table": (2, 5),
+        "weights": (5023, 5),
+    },
+    "lmk_embeddings": {
+        "static_lmk_faces_idx": (51,), "static_lmk_bary_coords": (51, 3),
+        "dynamic_lmk_faces_idx": (79, 17), "dynamic_lmk_bary_coords": (79, 17, 3),
+        "full_lmk_faces_idx_with_eye": (1, 70), "full_lmk_bary_coords_with_eye": (1, 70, 3),
+    },
+}
+
+
+def _check_model_file(path: Path) -> None:
+    read_checkpoint(path)
+
+
+def _check_flame_file(path: Path) -> None:
+    remedy = f"{DOWNLOAD_HINT} to get FLAME_with_eye.pt"
+    obj = load_torch_file(path, remedy)
+    if isinstance(obj, Mapping) and "model" in obj:
+        raise AssetError(f"{path} is a GAGAvatar checkpoint, not the FLAME asset: put FLAME_with_eye.pt there")
+    if not isinstance(obj, Mapping):
+        raise AssetError(f"{path} is not the FLAME asset (it holds a {type(obj).__name__}): {remedy}")
+    problems = []
+    for group, layout in FLAME_LAYOUT.items():
+        entries = obj.get(group)
+        if not isinstance(entries, Mapping):
+            problems.append(f"no '{group}'")
+            continue
+        for key, shape in layout.items():
+            value = entries.get(key)
+            if not isinstance(value, torch.Tensor):
+                problems.append(f"no {group}.{key}")
+            elif tuple(value.shape) != shape:
+                problems.append(f"{group}.{key} {list(value.shape)} instead of {list(shape)}")
+    if problems:
+        more = f", ... {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise AssetError(f"{path} is not a valid FLAME_with_eye.pt ({', '.join(problems[:3])}{more}): {remedy}")
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file of the asset folder.
+
+    Attributes:
+        name: file name, also the last part of its download URL.
+        description: what it is, for reports.
+        check: raises :class:`AssetError` unless the file at the given path has the right structure.
+    """
+
+    name: str
+    description: str
+    check: Callable[[Path], None]
+
+
+MANIFEST: tuple[Asset, ...] = (
+    Asset("GAGAvatar.pt", "GAGAvatar network weights (official checkpoint)", _check_model_file),
+    Asset("FLAME_with_eye.pt", "FLAME head model with eyes (FLAME licence)", _check_flame_file),
+)
+
+
+def user_data_dir() -> Path:
+    """The platform's per-user data folder for gagavatar (not created here)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        xdg = os.environ.get("XDG_DATA_HOME", "")
+        base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "gagavatar"
+
+
+def find_assets(explicit: Union[str, os.PathLike, None] = None) -> Path:
+    """The asset folder: ``explicit`` (``--assets DIR``), else ``$GAGAVATAR_ASSETS``, else :func:`user_data_dir`.
+
+    The folder need not exist yet (``download_assets`` creates it); an existing file there is an error.
+    """
+    if explicit:
+        folder, origin = Path(explicit).expanduser(), "--assets"
+    elif os.environ.get(ENV_VAR):
+        folder, origin = Path(os.environ[ENV_VAR]).expanduser(), ENV_VAR
+    else:
+        folder, origin = user_data_dir(), "the user data folder"
+    if folder.exists() and not folder.is_dir():
+        raise AssetError(f"the asset folder {folder} (from {origin}) is a file: point {origin} at a folder")
+    return folder
+
+
+def asset_path(name: str, folder: Union[str, os.PathLike, None] = None) -> Path:
+    """Path of the asset file ``name`` (a bare file name) in :func:`find_assets`\\ (``folder``)."""
+    if Path(name).name != name:
+        raise ValueError(f"asset name must be a bare file name, got {name!r}")
+    return find_assets(folder) / name
+
+
+def check_assets(folder: Union[str, os.PathLike]) -> list[tuple[str, str, str]]:
+    """``(name, status, message)`` per manifest file; status is ``ok``, ``missing``, ``partial``
+    (an unfinished download is there) or ``invalid`` (the message says what is wrong)."""
+    folder = Path(folder)
+    report = []
+    for asset in MANIFEST:
+        path, part = folder / asset.name, folder / f"{asset.name}.part"
+        if path.exists():
+            try:
+                asset.check(path)
+            except AssetError as err:
+                report.append((asset.name, "invalid", str(err)))
+            else:
+                report.append((asset.name, "ok", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"))
+        elif part.exists():
+            report.append((asset.name, "partial", f"{part.stat().st_size / 1e6:.1f} MB downloaded to {part}: "
+                                                  f"{DOWNLOAD_HINT} to resume"))
+        else:
+            report.append((asset.name, "missing", f"not in {folder}: {DOWNLOAD_HINT} or copy it there"))
+    return report
+
+
+def assets_summary(folder: Union[str, os.PathLike], report: Optional[list[tuple[str, str, str]]] = None) -> str:
+    """One line: all assets present, or which are missing/unfinished/invalid and where to put them."""
+    folder = Path(folder)
+    report = check_assets(folder) if report is None else report
+    bad = [f"{name} ({status})" for name, status, _ in report if status != "ok"]
+    if not bad:
+        return f"all assets present in {folder}"
+    return (f"{', '.join(bad)} in {folder}: {DOWNLOAD_HINT}, copy the files there, "
+            f"or set {ENV_VAR} / --assets to the folder that has them")
+
+
+def _content_range(header: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """(first byte, total size) of a ``Content-Range: bytes a-b/total`` (or ``bytes */total``) header."""
+    m = re.fullmatch(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", (header or "").strip())
+    if not m:
+        return None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(2)) if m.group(2) != "*" else None
+    return start, total
+
+
+def _fetch(url: str, part: Path, progress: Optional[Callable[[int, Optional[int]], None]],
+           cancel: Optional[Callable[[], bool]]) -> None:
+    """Download ``url`` into ``part``, resuming from its current size; raise unless it is complete."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": f"gagavatar/{__version__}"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    retry = f"run `gagavatar assets download` again to resume {part.name}"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # nothing left after `offset`: complete, or stale
+            if _content_range(err.headers.get("Content-Range"))[1] == offset:
+                return
+            part.unlink()
+            return _fetch(url, part, progress, cancel)
+        raise AssetError(f"downloading {url} failed with HTTP {err.code} {err.reason}: check the URL "
+                         f"(or mirror) and your connection, then try again") from err
+    except (urllib.error.URLError, OSError, HTTPException) as err:
+        reason = getattr(err, "reason", err)
+        raise AssetError(f"cannot download {url} ({reason}): check your connection, then try again") from err
+    with response:
+        start, total = _content_range(response.headers.get("Content-Range"))
+        length = response.headers.get("Content-Length")
+        if response.status == 206:
+            if start != offset:
+                part.unlink(missing_ok=True)
+                raise AssetError(f"{url} answered with the wrong byte range (from {start}, asked {offset}); "
+                                 f"the partial download was deleted: try again")
+            mode = "ab"
+        else:  # the server sent the whole file
+            mode, offset = "wb", 0
+        if total is None and length is not None:
+            total = offset + int(length)
+        done = offset
+        try:
+            with open(part, mode) as f:
+                while True:
+                    if cancel is not None and cancel():
+                        raise Cancelled(f"download of {part.name[:-5]} cancelled: {retry}")
+                    chunk = response.read(_CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+        except (OSError, HTTPException) as err:
+            raise AssetError(f"download of {url} interrupted after {done} bytes ({err}): {retry}") from err
+    if total is not None and done != total:
+        raise AssetError(f"download of {url} stopped at {done} of {total} bytes: {retry}")
+
+
+def download_assets(folder: Union[str, os.PathLike], accept_license: bool, base_url: Optional[str] = None,
+                    progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                    cancel: Optional[Callable[[], bool]] = None) -> list[Path]:
+    """Download every manifest file that is not already valid in ``folder``; return their paths.
+
+    Args:
+        accept_license: the user has accepted the FLAME licence; without it nothing is downloaded.
+        base_url: where ``<base_url>/<name>`` is fetched from (default: the official Hugging Face
+            folder; a mirror or a test server otherwise).
+        progress: ``progress(done, total)`` in bytes of the file being downloaded (``total`` is
+            None when the server does not say); restarts at each file.
+        cancel: polled between chunks; when it returns True, :class:`Cancelled` is raised and the
+            ``.part`` file stays, so a later call resumes it.
+    Raises:
+        AssetError: licence not accepted, network/HTTP failure (the ``.part`` stays to resume), or
+            a downloaded file failing its structure check (the ``.part`` is deleted).
+    """
+    if not accept_license:
+        raise AssetError(f"FLAME_with_eye.pt may only be used under the FLAME licence: register and accept it at "
+                         f"{FLAME_LICENSE_URL}, then {DOWNLOAD_HINT}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = (base_url or BASE_URL).rstrip("/")
+    paths = []
+    for asset in MANIFEST:
+        path, part = folder / asset.name, folder / f"{asset.name}.part"
+        paths.append(path)
+        if path.exists():
+            try:
+                asset.check(path)
+                continue
+            except AssetError:
+                pass  # replaced below once a valid copy is downloaded
+        _fetch(f"{base}/{asset.name}", part, progress, cancel)
+        problem = None
+        try:
+            asset.check(part)
+        except AssetError as err:  # keep only the text: the traceback would hold the file open
+            problem = str(err)
+        if problem is not None:
+            part.unlink(missing_ok=True)
+            raise AssetError(f"the downloaded {asset.name} was deleted because it is not valid: {problem}")
+        os.replace(part, path)
+    return paths

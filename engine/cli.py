@@ -1,0 +1,294 @@
+"""The ``gagavatar`` command line (also ``python -m gagavatar``).
+
+Commands::
+
+    gagavatar assets check|download [--assets DIR] [--accept-license]
+    gagavatar info CHECKPOINT
+    gagavatar track IMAGE|VIDEO -o OUT.npz [--overlay PREVIEW.png]
+    gagavatar reconstruct IMAGE -o avatar.npz [--ply avatar.ply] [--overlay PREVIEW.png]
+    gagavatar render AVATAR [--drive SEQUENCE] -o out.mp4|DIR [--frames N] [--fps F]
+
+Assets come from ``--assets DIR``, else ``$GAGAVATAR_ASSETS``, else the user data folder.
+User errors print one line (``error: ...``) and exit with status 2; nothing partial is written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .errors import Cancelled, GAGAvatarError
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
+
+
+def _device(name: str):
+    import torch
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GAGAvatarError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    return torch.device(name)
+
+
+def _progress(desc: str, total: int | None = None):
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit="frame" if desc.startswith(("render", "track")) else "B",
+               unit_scale=not desc.startswith(("render", "track")), leave=True, file=sys.stderr)
+
+    def update(done, total_now=None):
+        if total_now is not None and bar.total != total_now:
+            bar.total = total_now
+        bar.n = done
+        bar.refresh()
+    update.close = bar.close
+    return update
+
+
+def _load_model_and_flame(args):
+    from .assets import asset_path
+    from .checkpoints import load_model
+    from .flame import load_flame
+    device = _device(args.device)
+    folder = getattr(args, "assets", None)
+    model = load_model(asset_path("GAGAvatar.pt", folder), device=device)
+    flame = load_flame(asset_path("FLAME_with_eye.pt", folder), device=device)
+    return model, flame, device
+
+
+def _write_image(path: Path, rgb) -> None:
+    """Write an ``H x W x 3`` uint8 RGB array atomically (format from the suffix)."""
+    import cv2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
+            raise GAGAvatarError(f"cannot write image {path}: use a .png or .jpg name in a writable folder")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- commands
+def cmd_assets(args) -> int:
+    from .assets import check_assets, download_assets, find_assets
+    folder = find_assets(args.assets)
+    if args.action == "check":
+        rows = check_assets(folder)
+        for name, status, message in rows:
+            print(f"{name:20s} {status:8s} {message}")
+        return 0 if all(status == "ok" for _, status, _ in rows) else 1
+    accept = args.accept_license
+    if not accept and sys.stdin.isatty():
+        print("GAGAvatar needs FLAME. You must register and accept the FLAME licence at https://flame.is.tue.mpg.de")
+        accept = input("Have you registered and accepted the FLAME licence terms? [y/N] ").strip().lower() in ("y", "yes")
+    progress = _progress("download")
+    try:
+        download_assets(folder, accept_license=accept, progress=progress)
+    finally:
+        progress.close()
+    print(f"assets ready in {folder}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoints import checkpoint_info
+    info = checkpoint_info(args.checkpoint)
+    for k, v in info.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_track(args) -> int:
+    from .assets import asset_path
+    from .flame import load_flame
+    from .sequence import DrivingSequence, save_sequence
+    from .tracking import track_image, track_video
+    flame = load_flame(asset_path("FLAME_with_eye.pt", args.assets))
+    src = Path(args.input)
+    if src.suffix.lower() in VIDEO_SUFFIXES:
+        progress = _progress("track")
+        try:
+            seq = track_video(src, flame, progress=progress)
+        finally:
+            progress.close()
+        save_sequence(seq, args.output)
+        print(f"tracked {seq.num_frames} frames at {seq.fps:g} fps -> {args.output}")
+        return 0
+    tracked = track_image(src, flame=flame)
+    seq = DrivingSequence(expression=tracked.expression[None], jaw=tracked.jaw[None], eyes=tracked.eyes[None],
+                          transform=tracked.transform[None], fps=25.0, shape=tracked.shape,
+                          landmarks=tracked.landmarks[None], source=str(src))
+    save_sequence(seq, args.output)
+    if args.overlay:
+        _write_image(Path(args.overlay), tracked.overlay)
+    print(f"tracked {src.name}: landmark residual {float(tracked.residual_px):.2f} px -> {args.output}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from .tracking import track_image
+    model, flame, device = _load_model_and_flame(args)
+    tracked = track_image(Path(args.image), flame=flame)
+    shape = tracked.shape[None].to(device)
+    with torch.no_grad():
+        vertices = flame(shape=shape, expression=tracked.expression[None].to(device),
+                         pose=torch.cat([torch.zeros(1, 3, device=device), tracked.jaw[None].to(device)], -1),
+                         eyes=tracked.eyes[None].to(device))
+    avatar = model.reconstruct(tracked.crop[None].to(device), tracked.transform[None].to(device),
+                               shape=shape, vertices=vertices)
+    avatar.save(args.output)
+    if args.ply:
+        avatar.export_ply(args.ply)
+    if args.overlay:
+        _write_image(Path(args.overlay), tracked.overlay)
+    print(f"avatar of {Path(args.image).name} ({avatar.num_gaussians} Gaussians, landmark residual "
+          f"{float(tracked.residual_px):.2f} px) -> {args.output}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    import torch
+
+    from .animation import orbit_sequence
+    from .avatar import Avatar
+    from .sequence import load_sequence
+    model, flame, device = _load_model_and_flame(args)
+    avatar = Avatar.load(args.avatar, device=device)
+    if args.drive:
+        seq = load_sequence(args.drive)
+    else:
+        if avatar.source_transform is None:
+            raise GAGAvatarError(f"{args.avatar} has no source camera: pass --drive SEQUENCE")
+        seq = orbit_sequence(avatar.source_transform[0], n_frames=args.frames or 48, fps=args.fps or 24.0)
+    n = min(seq.num_frames, args.frames) if args.frames else seq.num_frames
+    fps = args.fps or seq.fps
+    shape = avatar.shape if avatar.shape is not None else torch.zeros(1, 300, device=device)
+    out = Path(args.output)
+    as_video = out.suffix.lower() in VIDEO_SUFFIXES
+    if not as_video and out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise GAGAvatarError(f"output folder {out} is not empty: choose another or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    progress = _progress("render", n)
+    try:
+        frames = []
+        for start in range(0, n, args.batch):
+            stop = min(n, start + args.batch)
+            sl = slice(start, stop)
+            with torch.no_grad():
+                verts = flame(shape=shape.expand(stop - start, -1),
+                              expression=seq.expression[sl].to(device),
+                              pose=torch.cat([torch.zeros(stop - start, 3, device=device), seq.jaw[sl].to(device)], -1),
+                              eyes=seq.eyes[sl].to(device))
+                frame = model.render(avatar, verts, seq.transform[sl].to(device))
+            rgb = (frame.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for i, img in enumerate(rgb):
+                if as_video:
+                    frames.append(img)
+                else:
+                    _write_image(staging / f"frame_{start + i:05d}.png", img)
+            progress(stop)
+        if as_video:
+            _write_video(staging / f"video{out.suffix}", np.stack(frames), fps)
+            os.replace(staging / f"video{out.suffix}", out)
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(staging, out)
+    finally:
+        progress.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"rendered {n} frames at {fps:g} fps -> {out}")
+    return 0
+
+
+def _write_video(path: Path, frames, fps: float) -> None:
+    """``[T, H, W, 3]`` uint8 RGB frames to an mp4 (OpenCV, mp4v codec)."""
+    import cv2
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+    if not writer.isOpened():
+        raise GAGAvatarError(f"cannot open a video writer for {path}: write PNG frames to a folder instead")
+    try:
+        for f in frames:
+            writer.write(np.ascontiguousarray(f[..., ::-1]))
+    finally:
+        writer.release()
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gagavatar", description="GAGAvatar: one-photo animatable Gaussian head avatars")
+    p.add_argument("--version", action="version", version=f"gagavatar {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, device=True):
+        sp.add_argument("--assets", metavar="DIR", help="asset folder (default: $GAGAVATAR_ASSETS or the user data folder)")
+        if device:
+            sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+
+    a = sub.add_parser("assets", help="check or download GAGAvatar.pt and FLAME_with_eye.pt")
+    a.add_argument("action", choices=("check", "download"))
+    a.add_argument("--accept-license", action="store_true", help="you have accepted the FLAME licence (https://flame.is.tue.mpg.de)")
+    common(a, device=False)
+    a.set_defaults(func=cmd_assets)
+
+    i = sub.add_parser("info", help="describe a checkpoint")
+    i.add_argument("checkpoint")
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("track", help="fit FLAME and the camera to a photo or a video")
+    t.add_argument("input")
+    t.add_argument("-o", "--output", required=True, help="driving sequence (.npz, or the official .pkl)")
+    t.add_argument("--overlay", help="write a landmark/mesh preview image (photos)")
+    common(t, device=False)
+    t.set_defaults(func=cmd_track)
+
+    r = sub.add_parser("reconstruct", help="reconstruct an avatar from one portrait photo")
+    r.add_argument("image")
+    r.add_argument("-o", "--output", required=True, help="avatar .npz")
+    r.add_argument("--ply", help="also export a 3DGS .ply")
+    r.add_argument("--overlay", help="write the tracking preview image")
+    common(r)
+    r.set_defaults(func=cmd_reconstruct)
+
+    d = sub.add_parser("render", help="drive an avatar and render frames")
+    d.add_argument("avatar")
+    d.add_argument("--drive", help="driving sequence (.npz, official optim.pkl/smoothed.pkl); default: a built-in animation")
+    d.add_argument("-o", "--output", required=True, help="out.mp4 or a folder for PNG frames")
+    d.add_argument("--frames", type=int, help="render at most N frames")
+    d.add_argument("--fps", type=float, help="frame rate (default: the sequence's)")
+    d.add_argument("--batch", type=int, default=1, help="frames per forward pass")
+    d.add_argument("--overwrite", action="store_true")
+    common(d)
+    d.set_defaults(func=cmd_render)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Cancelled as e:
+        print(f"cancelled: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except GAGAvatarError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
