@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
@@ -36,6 +35,9 @@ ENV_VAR = "GAGAVATAR_ASSETS"
 BASE_URL = "https://huggingface.co/xg-chu/GAGAvatar/resolve/main/assets"
 FLAME_LICENSE_URL = "https://flame.is.tue.mpg.de"
 DOWNLOAD_HINT = "run `gagavatar assets download --accept-license`"
+
+Progress = Callable[[int, int | None], None]
+"""``progress(done_bytes, total_bytes_or_None)``."""
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
@@ -116,7 +118,7 @@ def user_data_dir() -> Path:
     return base / "gagavatar"
 
 
-def find_assets(explicit: Union[str, os.PathLike, None] = None) -> Path:
+def find_assets(explicit: str | os.PathLike | None = None) -> Path:
     """The asset folder: ``explicit`` (``--assets DIR``), else ``$GAGAVATAR_ASSETS``, else :func:`user_data_dir`.
 
     The folder need not exist yet (``download_assets`` creates it); an existing file there is an error.
@@ -132,14 +134,14 @@ def find_assets(explicit: Union[str, os.PathLike, None] = None) -> Path:
     return folder
 
 
-def asset_path(name: str, folder: Union[str, os.PathLike, None] = None) -> Path:
+def asset_path(name: str, folder: str | os.PathLike | None = None) -> Path:
     """Path of the asset file ``name`` (a bare file name) in :func:`find_assets`\\ (``folder``)."""
     if Path(name).name != name:
         raise ValueError(f"asset name must be a bare file name, got {name!r}")
     return find_assets(folder) / name
 
 
-def check_assets(folder: Union[str, os.PathLike]) -> list[tuple[str, str, str]]:
+def check_assets(folder: str | os.PathLike) -> list[tuple[str, str, str]]:
     """``(name, status, message)`` per manifest file; status is ``ok``, ``missing``, ``partial``
     (an unfinished download is there) or ``invalid`` (the message says what is wrong)."""
     folder = Path(folder)
@@ -161,7 +163,7 @@ def check_assets(folder: Union[str, os.PathLike]) -> list[tuple[str, str, str]]:
     return report
 
 
-def assets_summary(folder: Union[str, os.PathLike], report: Optional[list[tuple[str, str, str]]] = None) -> str:
+def assets_summary(folder: str | os.PathLike, report: list[tuple[str, str, str]] | None = None) -> str:
     """One line: all assets present, or which are missing/unfinished/invalid and where to put them."""
     folder = Path(folder)
     report = check_assets(folder) if report is None else report
@@ -172,7 +174,7 @@ def assets_summary(folder: Union[str, os.PathLike], report: Optional[list[tuple[
             f"or set {ENV_VAR} / --assets to the folder that has them")
 
 
-def _content_range(header: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
     """(first byte, total size) of a ``Content-Range: bytes a-b/total`` (or ``bytes */total``) header."""
     m = re.fullmatch(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", (header or "").strip())
     if not m:
@@ -182,14 +184,14 @@ def _content_range(header: Optional[str]) -> tuple[Optional[int], Optional[int]]
     return start, total
 
 
-def _fetch(url: str, part: Path, progress: Optional[Callable[[int, Optional[int]], None]],
-           cancel: Optional[Callable[[], bool]]) -> None:
+def _fetch(url: str, part: Path, progress: Progress | None,
+           cancel: Callable[[], bool] | None) -> None:
     """Download ``url`` into ``part``, resuming from its current size; raise unless it is complete."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"gagavatar/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    retry = f"run `gagavatar assets download` again to resume {part.name}"
+    retry = f"{DOWNLOAD_HINT} again to resume {part.name}"
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as err:
@@ -235,9 +237,9 @@ def _fetch(url: str, part: Path, progress: Optional[Callable[[int, Optional[int]
         raise AssetError(f"download of {url} stopped at {done} of {total} bytes: {retry}")
 
 
-def download_assets(folder: Union[str, os.PathLike], accept_license: bool, base_url: Optional[str] = None,
-                    progress: Optional[Callable[[int, Optional[int]], None]] = None,
-                    cancel: Optional[Callable[[], bool]] = None) -> list[Path]:
+def download_assets(folder: str | os.PathLike, accept_license: bool, base_url: str | None = None,
+                    progress: Progress | None = None,
+                    cancel: Callable[[], bool] | None = None) -> list[Path]:
     """Download every manifest file that is not already valid in ``folder``; return their paths.
 
     Args:

@@ -22,7 +22,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -81,7 +81,7 @@ def official_layout() -> dict[str, tuple[int, ...]]:
     return {**model_layout(), **PERCEPTUAL_LAYOUT}
 
 
-def load_torch_file(path: Union[str, os.PathLike], remedy: str) -> Any:
+def load_torch_file(path: str | os.PathLike, remedy: str) -> Any:
     """``torch.load`` a torch zip archive safely (CPU, ``weights_only``, memory-mapped).
 
     Every failure is an :class:`AssetError` whose message ends with ``remedy``; a file that asks
@@ -149,7 +149,7 @@ def _check_layout(state_dict: Mapping, name: str, remedy: str) -> None:
         raise AssetError(f"{name} does not match the GAGAvatar layout: {'; '.join(problems)}: {remedy}")
 
 
-def _read_raw(path: Union[str, os.PathLike]) -> tuple[str, Mapping, dict]:
+def _read_raw(path: str | os.PathLike) -> tuple[str, Mapping, dict]:
     """(format, state dict as stored, meta_cfg) of a validated checkpoint."""
     path = Path(path)
     obj = load_torch_file(path, MODEL_REMEDY)
@@ -182,7 +182,7 @@ def _read_raw(path: Union[str, os.PathLike]) -> tuple[str, Mapping, dict]:
     return fmt, state_dict, dict(meta_cfg)
 
 
-def read_checkpoint(path: Union[str, os.PathLike]) -> tuple[dict[str, torch.Tensor], dict]:
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read and validate an official or compact checkpoint.
 
     Returns ``(state_dict, meta_cfg)``: an ordered float32 state dict (with ``percep_loss.*``
@@ -227,7 +227,7 @@ def _plain(value: Any, where: str = "meta_cfg") -> Any:
                     f"strings, numbers, booleans and None")
 
 
-def _atomic_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
+def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save ``obj`` to a temporary file next to ``path``, then rename it into place.
 
     Saved through a file object, like Fabric's in-memory buffer, so the archive folder is
@@ -256,9 +256,9 @@ def _cpu_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> 
     return out
 
 
-def save_model(model_or_state_dict: Union[torch.nn.Module, Mapping[str, torch.Tensor]],
-               path: Union[str, os.PathLike], fp16: bool = False,
-               meta_cfg: Union[Mapping, None] = None) -> Path:
+def save_model(model_or_state_dict: torch.nn.Module | Mapping[str, torch.Tensor],
+               path: str | os.PathLike, fp16: bool = False,
+               meta_cfg: Mapping | None = None) -> Path:
     """Write a ``gagavatar-compact`` checkpoint atomically and return its path.
 
     ``percep_loss.*`` entries are left out; ``fp16=True`` stores floating tensors as float16
@@ -277,8 +277,8 @@ def save_model(model_or_state_dict: Union[torch.nn.Module, Mapping[str, torch.Te
 
 
 def save_official(state_dict: Mapping[str, torch.Tensor], meta_cfg: Mapping,
-                  path: Union[str, os.PathLike],
-                  percep_sd: Union[Mapping[str, torch.Tensor], None] = None) -> Path:
+                  path: str | os.PathLike,
+                  percep_sd: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Write the official ``{'model', 'meta_cfg'}`` layout (float32) atomically and return its path.
 
     The perceptual weights come from ``percep_sd`` if given, else from ``state_dict``'s own
@@ -296,7 +296,7 @@ def save_official(state_dict: Mapping[str, torch.Tensor], meta_cfg: Mapping,
     return _atomic_save({"model": out, "meta_cfg": _plain(meta_cfg)}, path)
 
 
-def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Build :class:`GAGAvatar` from an official or compact checkpoint, on ``device`` in eval mode."""
     from .model import GAGAvatar
@@ -308,7 +308,7 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
     return model.to(device=device, dtype=dtype).eval()
 
 
-def checkpoint_info(path: Union[str, os.PathLike]) -> dict[str, Any]:
+def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
     """Summary of a validated checkpoint for ``gagavatar info``.
 
     Keys: ``path``, ``format`` (``official`` / ``gagavatar-compact``), ``tensors`` (entries),

@@ -65,7 +65,7 @@ def server(files):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.log, srv.drop_once, srv.ignore_range = dict(files), [], set(), False
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/assets"
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -174,7 +174,7 @@ def test_download(tmp_path, server, files):
 def test_resume_after_dropped_connection(tmp_path, server, files):
     folder = tmp_path / "assets"
     server.drop_once.add("FLAME_with_eye.pt")
-    with pytest.raises(AssetError, match="run `gagavatar assets download` again to resume"):
+    with pytest.raises(AssetError, match="gagavatar assets download --accept-license` again to resume"):
         assets.download_assets(folder, accept_license=True, base_url=server.url)
     part = folder / "FLAME_with_eye.pt.part"
     have = part.stat().st_size
