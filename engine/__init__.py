@@ -6,7 +6,7 @@ Public API (imported lazily, so ``import gagavatar.engine`` is cheap)::
     model = engine.load_model("GAGAvatar.pt", device="cpu")      # official or compact checkpoint
     flame = engine.load_flame("FLAME_with_eye.pt")               # or FLAME 2020 .pkl / .npz
     src = engine.track_image(image)                              # crop, mask, FLAME fit, camera
-    avatar = model.reconstruct(src.image[None], src.transform[None])
+    avatar = model.reconstruct(src.crop[None], src.transform[None])
     verts = flame(shape=..., expression=..., pose=..., eyes=...)  # [B, 5023, 3], x5
     frame = model.render(avatar, verts, transform)               # .image [B, 3, 512, 512]
 """

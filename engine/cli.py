@@ -93,6 +93,8 @@ def cmd_assets(args) -> int:
     if not accept and sys.stdin.isatty():
         print("GAGAvatar needs FLAME. You must register and accept the FLAME licence at https://flame.is.tue.mpg.de")
         accept = input("Have you registered and accepted the FLAME licence terms? [y/N] ").strip().lower() in ("y", "yes")
+    if not accept:
+        download_assets(folder, accept_license=False)   # raises the licence error, downloads nothing
     progress = _progress("download")
     try:
         download_assets(folder, accept_license=accept, progress=progress)
@@ -276,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true")
     common(d)
     d.set_defaults(func=cmd_render)
+
+    from .training.cli import add_subcommands
+    add_subcommands(sub)
     return p
 
 

@@ -1,0 +1,206 @@
+"""Driving sequences: per-frame FLAME expression/jaw/eyes and camera, and their files.
+
+Formats (chosen by suffix):
+
+* ``.npz`` (ours, read with ``allow_pickle=False``): arrays ``expression [T,100]``, ``jaw [T,3]``,
+  ``eyes [T,6]``, ``transform [T,3,4]``, ``fps []``, optional ``shape [300]``, ``bbox [T,4]``,
+  ``landmarks [T,70,2]``, ``missing [T]`` (bool) and ``source`` (a 0-d unicode array).
+* ``.pkl`` (the official tracker's ``optim.pkl`` / ``smoothed.pkl``): a dict ``frame key ->
+  {shapecode, expcode, posecode (global 3 + jaw 3), eyecode, transform_matrix, bbox}``; frame keys
+  are sorted naturally (``f2`` before ``f10``); read through :mod:`.safe_pickle`. The official files
+  carry no frame rate: 25 fps is assumed.
+* ``.pt`` (the official ``render_results/tracked/tracked.pt`` cache of ``inference.py``): a dict
+  ``image name -> record`` with the keys above plus ``image`` / ``vis_image`` (ignored here), written
+  by ``torch.save`` with numpy arrays. Read with ``torch.load(weights_only=True)``; numpy arrays,
+  which that refuses, are then read from the archive's ``data.pkl`` through :mod:`.safe_pickle`.
+  Written with tensors (loadable with ``weights_only=True`` anywhere).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from .errors import GAGAvatarError
+from .safe_pickle import safe_load
+
+__all__ = ["DrivingSequence", "save_sequence", "load_sequence"]
+
+DEFAULT_FPS = 25.0
+"""Frame rate assumed for official tracker files (they store none)."""
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class DrivingSequence:
+    """Per-frame FLAME parameters and cameras (float32 tensors, ``T`` frames)."""
+
+    expression: torch.Tensor
+    jaw: torch.Tensor
+    eyes: torch.Tensor
+    transform: torch.Tensor
+    fps: float = DEFAULT_FPS
+    shape: Optional[torch.Tensor] = None
+    bbox: Optional[torch.Tensor] = None
+    landmarks: Optional[torch.Tensor] = None
+    missing: Optional[torch.Tensor] = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("expression", "jaw", "eyes", "transform", "shape", "bbox", "landmarks"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value,
+                                                    dtype=torch.float32))
+        T = self.expression.shape[0]
+        expected = {"expression": (T, 100), "jaw": (T, 3), "eyes": (T, 6), "transform": (T, 3, 4),
+                    "shape": (300,), "bbox": (T, 4), "landmarks": (T, 70, 2)}
+        for name, want in expected.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != want:
+                raise GAGAvatarError(f"driving sequence: {name} has shape {tuple(value.shape)}, expected {want}")
+        if self.missing is None:
+            self.missing = torch.zeros(T, dtype=torch.bool)
+        self.missing = torch.as_tensor(np.asarray(self.missing), dtype=torch.bool).reshape(-1)
+        if self.missing.shape[0] != T:
+            raise GAGAvatarError(f"driving sequence: missing has {self.missing.shape[0]} frames, expected {T}")
+        self.fps = float(self.fps)
+        if not self.fps > 0:
+            raise GAGAvatarError(f"driving sequence: fps must be positive, got {self.fps}")
+
+    @property
+    def num_frames(self) -> int:
+        """Number of frames ``T``."""
+        return int(self.expression.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+
+def _natural_key(key: Any) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(key))]
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _records(seq: DrivingSequence) -> dict:
+    out = {}
+    for t in range(seq.num_frames):
+        rec = {"expcode": seq.expression[t].numpy(),
+               "posecode": np.concatenate([np.zeros(3, np.float32), seq.jaw[t].numpy()]),
+               "eyecode": seq.eyes[t].numpy(), "transform_matrix": seq.transform[t].numpy()}
+        if seq.shape is not None:
+            rec["shapecode"] = seq.shape.numpy()
+        if seq.bbox is not None:
+            rec["bbox"] = seq.bbox[t].numpy()
+        out[f"f_{t}"] = rec
+    return out
+
+
+def _from_records(data: Any, path: Path) -> DrivingSequence:
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
+        raise GAGAvatarError(f"{path} is not a tracker file (expected frame -> parameters records): re-run tracking")
+    frames = [data[k] for k in sorted(data, key=_natural_key)]
+
+    def stack(key: str, width: tuple) -> Optional[np.ndarray]:
+        if not all(key in f for f in frames):
+            return None
+        return np.stack([np.asarray(f[key].cpu() if torch.is_tensor(f[key]) else f[key], np.float32).reshape(width)
+                         for f in frames])
+    try:
+        pose = stack("posecode", (6,))
+        exp, eyes, tr = stack("expcode", (100,)), stack("eyecode", (6,)), stack("transform_matrix", (3, 4))
+        if pose is None or exp is None or tr is None:
+            raise ValueError("missing keys")
+        shape = stack("shapecode", (300,))
+        if np.abs(pose[:, :3]).max() > 1e-6:
+            warnings.warn(f"{path.name}: FLAME global poses in posecode are ignored (GAGAvatar keeps the head pose "
+                          "in transform_matrix)", stacklevel=3)
+        return DrivingSequence(expression=exp, jaw=pose[:, 3:], transform=tr,
+                               eyes=eyes if eyes is not None else np.zeros((len(frames), 6), np.float32),
+                               shape=None if shape is None else shape[0], bbox=stack("bbox", (4,)),
+                               source=str(path))
+    except ValueError as e:
+        raise GAGAvatarError(f"{path} is not a readable tracker file ({e}): re-run tracking") from None
+
+
+def _load_torch_records(path: Path) -> Any:
+    """A ``torch.save``-written file's content: tensors via ``weights_only=True``, numpy arrays via safe_pickle."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # numpy arrays (the official cache) or something unsafe: let the restricted unpickler decide
+    except Exception as e:  # noqa: BLE001 - any other failure is a bad file for the user
+        raise GAGAvatarError(f"{path} is not a readable tracked.pt ({type(e).__name__}): re-run tracking") from None
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if len(names) != 1:
+                raise zipfile.BadZipFile("no data.pkl")
+            payload = z.read(names[0])
+    except zipfile.BadZipFile:
+        raise GAGAvatarError(f"{path} is not a readable tracked.pt (not a torch archive): re-run tracking") from None
+    return safe_load(io.BytesIO(payload))
+
+
+def save_sequence(seq: DrivingSequence, path: PathLike) -> None:
+    """Write ``seq`` to ``path`` (``.npz``, ``.pkl`` or ``.pt``), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays = {k: getattr(seq, k).numpy() for k in ("expression", "jaw", "eyes", "transform", "missing")}
+        arrays.update({k: getattr(seq, k).numpy() for k in ("shape", "bbox", "landmarks") if getattr(seq, k) is not None})
+        arrays["fps"] = np.asarray(seq.fps, np.float64)
+        arrays["source"] = np.asarray(seq.source, dtype=np.str_)
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+    elif suffix == ".pkl":
+        _atomic_write(path, lambda f: pickle.dump(_records(seq), f, protocol=4))
+    elif suffix == ".pt":
+        recs = {k: {n: torch.from_numpy(np.asarray(v)) for n, v in r.items()} for k, r in _records(seq).items()}
+        _atomic_write(path, lambda f: torch.save(recs, f))
+    else:
+        raise GAGAvatarError(f"cannot write a driving sequence as {path.name}: use .npz, .pkl or .pt")
+
+
+def load_sequence(path: PathLike) -> DrivingSequence:
+    """Read a driving sequence written by :func:`save_sequence` or the official tracker."""
+    path = Path(path)
+    if not path.is_file():
+        raise GAGAvatarError(f"driving sequence {path} not found: check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: z[k] for k in z.files}
+        except (ValueError, OSError) as e:
+            raise GAGAvatarError(f"{path} is not a readable .npz sequence ({e}): re-save it") from None
+        opt = {k: d[k] for k in ("shape", "bbox", "landmarks", "missing") if k in d}
+        try:
+            return DrivingSequence(expression=d["expression"], jaw=d["jaw"], eyes=d["eyes"], transform=d["transform"],
+                                   fps=float(d.get("fps", DEFAULT_FPS)), source=str(d.get("source", path)), **opt)
+        except KeyError as e:
+            raise GAGAvatarError(f"{path} lacks {e} : it is not a driving sequence") from None
+    if suffix == ".pkl":
+        return _from_records(safe_load(path), path)
+    if suffix == ".pt":
+        return _from_records(_load_torch_records(path), path)
+    raise GAGAvatarError(f"cannot read a driving sequence from {path.name}: use .npz, .pkl or .pt")

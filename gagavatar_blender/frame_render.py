@@ -1,0 +1,225 @@
+"""Render avatars into a frame of any camera: head-centred 512^2 crops, resampled and composited by depth.
+
+No bpy here (numpy and torch only), so the maths is shared by the final render and the viewport.
+
+Conventions:
+
+* Frame pixels are top-down (row 0 at the top), pixel ``i``'s centre at ``i + 0.5``; intrinsics
+  ``fx, fy, cx, cy`` project a point of the OpenCV camera (x right, y down, z forward) to
+  ``u = fx x / z + cx``, ``v = fy y / z + cy``. :func:`intrinsics_from_projection` reads them from
+  Blender's projection matrix (camera: ``calc_matrix_camera``, viewport: ``window_matrix``),
+  which already holds the lens, sensor fit, shift and pixel aspect.
+* A :class:`AvatarView` is one avatar seen by the frame's camera, in *head space*: FLAME x5 units,
+  +Y up, the face toward +Z, the global head pose removed (it is in the camera).
+* The network renders 512^2 crops only. The crop window is the square (in the camera's
+  physical units) around the avatar's *anchor* whose half side, at the anchor's depth, is the
+  avatar's ``radius``; the source camera's crop is the whole source frame, so rendering through
+  the avatar's own camera at 512^2 reproduces the network's output pixel for pixel.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+CROP = 512
+"""Side of the network's render, pixels."""
+BACKGROUND_DEPTH = 1e10
+"""Depth written where no avatar covers a pixel (Blender's background Z)."""
+_MIN_DEPTH = 1e-3
+_MIN_ALPHA = 1e-4
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """A pinhole frame: pixel focal lengths, principal point (top-down pixels) and size."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """The frame rectangle ``[x0, x0 + w] x [y0, y0 + h]`` (pixels) covered by the 512^2 render."""
+
+    x0: float
+    y0: float
+    w: float
+    h: float
+
+    def network_camera(self, k: Intrinsics) -> tuple[tuple[float, float], tuple[float, float]]:
+        """``(focal, center)`` for the engine's renderer: normalised focals and NDC principal point."""
+        return ((2.0 * k.fx / self.w, 2.0 * k.fy / self.h),
+                (2.0 * (k.cx - self.x0) / self.w - 1.0, 2.0 * (k.cy - self.y0) / self.h - 1.0))
+
+    def pixel_bounds(self, k: Intrinsics) -> Optional[tuple[int, int, int, int]]:
+        """``(xa, ya, xb, yb)``: the frame pixels the window touches, or None when it misses the frame."""
+        xa, ya = max(0, math.floor(self.x0)), max(0, math.floor(self.y0))
+        xb, yb = min(k.width, math.ceil(self.x0 + self.w)), min(k.height, math.ceil(self.y0 + self.h))
+        return (xa, ya, xb, yb) if xa < xb and ya < yb else None
+
+
+@dataclass
+class AvatarView:
+    """One avatar to render.
+
+    Attributes:
+        load: returns the engine ``Avatar`` on the render device (called only if the avatar is in view).
+        vertices: ``[5023, 3]`` FLAME vertices in head space.
+        camera: ``[4, 4]`` camera-to-head matrix, Blender camera axes, unit rotation, head units.
+        units: scene units per head unit (for the Depth pass).
+        anchor: ``[3]`` head-space point the crop is centred on.
+        radius: half side of the crop at the anchor's depth, head units.
+    """
+
+    load: Callable[[], object]
+    vertices: np.ndarray
+    camera: np.ndarray
+    units: float
+    anchor: np.ndarray
+    radius: float
+
+
+@dataclass
+class Layers:
+    """The composited frame, top-down rows, linear light.
+
+    Attributes:
+        combined: ``[H, W, 4]`` premultiplied RGBA (alpha = splatting opacity).
+        coarse: ``[H, W, 3]`` premultiplied splatted RGB (feature channels 0-2, sRGB-decoded).
+        depth: ``[H, W]`` scene-unit depth of the front avatar, :data:`BACKGROUND_DEPTH` elsewhere.
+    """
+
+    combined: np.ndarray
+    coarse: np.ndarray
+    depth: np.ndarray
+
+    @classmethod
+    def empty(cls, width: int, height: int) -> "Layers":
+        return cls(np.zeros((height, width, 4), np.float32), np.zeros((height, width, 3), np.float32),
+                   np.full((height, width), BACKGROUND_DEPTH, np.float32))
+
+
+def intrinsics_from_projection(projection, width: int, height: int) -> Intrinsics:
+    """Pixel intrinsics of a perspective OpenGL projection matrix (Blender's camera or viewport).
+
+    Raises:
+        ValueError: the projection is orthographic.
+    """
+    P = np.asarray(projection, dtype=np.float64)
+    if abs(P[3, 2] + 1.0) > 1e-6 or abs(P[3, 3]) > 1e-6:
+        raise ValueError("not a perspective projection")
+    return Intrinsics(fx=0.5 * width * P[0, 0], fy=0.5 * height * P[1, 1],
+                      cx=0.5 * width * (1.0 - P[0, 2]), cy=0.5 * height * (1.0 + P[1, 2]),
+                      width=int(width), height=int(height))
+
+
+def srgb_to_linear(x):
+    """The sRGB decoding curve (IEC 61966-2-1), for arrays or tensors (negative values clamp to 0)."""
+    if hasattr(x, "clamp"):
+        x = x.clamp(min=0.0)
+        import torch
+        return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    x = np.maximum(np.asarray(x, dtype=np.float32), 0.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def crop_window(view: AvatarView, k: Intrinsics) -> Optional[CropWindow]:
+    """The crop window of ``view`` in the frame, or None when its anchor is behind the camera."""
+    cam = np.asarray(view.camera, dtype=np.float64)
+    p = cam[:3, :3].T @ (np.asarray(view.anchor, dtype=np.float64) - cam[:3, 3])
+    x, y, z = p[0], -p[1], -p[2]  # Blender camera axes -> OpenCV
+    if z <= _MIN_DEPTH:
+        return None
+    u, v = k.fx * x / z + k.cx, k.fy * y / z + k.cy
+    hx, hy = k.fx * view.radius / z, k.fy * view.radius / z
+    return CropWindow(u - hx, v - hy, 2.0 * hx, 2.0 * hy)
+
+
+def _resample(crop, window: CropWindow, bounds: tuple[int, int, int, int]):
+    """Sample ``crop [1, C, 512, 512]`` at the centres of the frame pixels ``bounds`` -> ``[C, h, w]``."""
+    import torch
+    import torch.nn.functional as F
+    xa, ya, xb, yb = bounds
+    out_w, out_h = max(1, round(window.w)), max(1, round(window.h))
+    if out_w < CROP or out_h < CROP:  # shrinking: low-pass first, so small heads do not alias
+        crop = F.interpolate(crop, size=(min(out_h, CROP), min(out_w, CROP)), mode="bilinear",
+                             align_corners=False, antialias=True)
+    xs = (torch.arange(xa, xb, dtype=torch.float64) + 0.5 - window.x0) / window.w * 2.0 - 1.0
+    ys = (torch.arange(ya, yb, dtype=torch.float64) + 0.5 - window.y0) / window.h * 2.0 - 1.0
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].to(crop)
+    return F.grid_sample(crop, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+def render_layer(model, view: AvatarView, k: Intrinsics):
+    """Render one avatar into frame space.
+
+    Returns:
+        ``(bounds, planes [8, h, w])`` with planes = linear premultiplied RGB (3), alpha,
+        depth x alpha (scene units), coarse RGB (3); or None when the avatar is out of view.
+    """
+    import torch
+    from ..engine.cameras import blender_to_transform
+    window = crop_window(view, k)
+    bounds = window.pixel_bounds(k) if window is not None else None
+    if bounds is None:
+        return None
+    focal, center = window.network_camera(k)
+    transform, _ = blender_to_transform(torch.as_tensor(np.asarray(view.camera), dtype=torch.float32), 1.0)
+    avatar = view.load()
+    device = avatar.device
+    vertices = torch.as_tensor(np.asarray(view.vertices), dtype=torch.float32, device=device)[None]
+    frame = model.render(avatar, vertices, transform[None].to(device), focal=focal, center=center)
+    alpha = frame.alpha.float()
+    planes = torch.cat([srgb_to_linear(frame.image.float()), alpha, frame.depth.float() * alpha * view.units,
+                        srgb_to_linear(frame.coarse[:, :3].float())], dim=1)
+    return bounds, _resample(planes, window, bounds).cpu()
+
+
+def composite(layers: list, k: Intrinsics) -> Layers:
+    """Composite :func:`render_layer` outputs front to back, per pixel by depth (premultiplied "over")."""
+    import torch
+    out = Layers.empty(k.width, k.height)
+    if not layers:
+        return out
+    full = torch.zeros(len(layers), 8, k.height, k.width)
+    for i, (bounds, planes) in enumerate(layers):
+        xa, ya, xb, yb = bounds
+        full[i, :, ya:yb, xa:xb] = planes
+    alpha = full[:, 3]
+    depth = torch.where(alpha > _MIN_ALPHA, full[:, 4] / alpha.clamp(min=_MIN_ALPHA), torch.full_like(alpha, math.inf))
+    order = torch.argsort(depth, dim=0)
+    full = torch.gather(full, 0, order[:, None].expand_as(full))
+    depth = torch.gather(depth, 0, order)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:1]), 1.0 - full[:-1, 3]]), dim=0)
+    acc = (full * transmittance[:, None]).sum(0)
+    out.combined = acc[:4].permute(1, 2, 0).contiguous().numpy()
+    out.coarse = acc[5:8].permute(1, 2, 0).contiguous().numpy()
+    out.depth = torch.where(torch.isinf(depth[0]), torch.full_like(depth[0], BACKGROUND_DEPTH), depth[0]).numpy()
+    return out
+
+
+def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Optional[Callable[[int, int], None]] = None,
+                 cancel: Optional[Callable[[], bool]] = None) -> Optional[Layers]:
+    """Render and composite every avatar; None when ``cancel()`` turned true between avatars."""
+    import torch
+    layers = []
+    with torch.no_grad():
+        for i, view in enumerate(views):
+            if cancel is not None and cancel():
+                return None
+            if progress is not None:
+                progress(i, len(views))
+            layer = render_layer(model, view, k)
+            if layer is not None:
+                layers.append(layer)
+    if progress is not None:
+        progress(len(views), len(views))
+    return composite(layers, k)

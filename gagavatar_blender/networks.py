@@ -1,0 +1,85 @@
+"""The engine's networks and avatars as the add-on's preferences resolve them, loaded once (see :mod:`.cache`).
+
+Everything here imports the engine (torch) lazily, when called.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import bpy
+
+from . import cache, gaussians
+
+MODEL_FILE = "GAGAvatar.pt"
+FLAME_FILE = "FLAME_with_eye.pt"
+
+
+def resolve_device(choice: str) -> str:
+    """The torch device for a preference value (``AUTO``, ``CUDA``, ``MPS``, ``CPU``).
+
+    Raises:
+        GAGAvatarError: the chosen accelerator is not available to torch.
+    """
+    import torch
+    from ..engine.errors import GAGAvatarError
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if choice == "AUTO":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if choice == "CUDA" and not cuda:
+        raise GAGAvatarError("CUDA was chosen but torch sees no CUDA GPU: pick Auto or CPU in the GAGAvatar preferences")
+    if choice == "MPS" and not mps:
+        raise GAGAvatarError("MPS was chosen but torch sees no Apple GPU: pick Auto or CPU in the GAGAvatar preferences")
+    return choice.lower()
+
+
+def asset_paths(prefs) -> tuple[Path, Path]:
+    """``(GAGAvatar.pt, FLAME)`` paths from the preferences (explicit paths, else the asset folder,
+    whose default is ``$GAGAVATAR_ASSETS``, else the engine's user data folder).
+
+    Raises:
+        AssetError: a file is missing (the message says where it was looked for and what to do).
+    """
+    from ..engine.assets import find_assets
+    from ..engine.errors import AssetError
+    folder = find_assets(bpy.path.abspath(prefs.assets_folder) if prefs.assets_folder else None)
+    paths = []
+    for explicit, name in ((prefs.model_path, MODEL_FILE), (prefs.flame_path, FLAME_FILE)):
+        path = Path(bpy.path.abspath(explicit)) if explicit else folder / name
+        if not path.is_file():
+            raise AssetError(f"{name} not found at {path}: use Download Assets in the GAGAvatar preferences, "
+                             "or set the asset folder (default: $GAGAVATAR_ASSETS) to the folder that has it")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def load_model(path: Path, device: str):
+    """The GAGAvatar network at ``path`` on ``device``, cached."""
+    from ..engine.checkpoints import load_model as load
+    return cache.get(("model", _key(path), device), lambda: load(path, device=device))
+
+
+def load_flame(path: Path):
+    """The FLAME model at ``path`` (CPU: it builds rigs and fits landmarks), cached."""
+    from ..engine.flame import load_flame as load
+    return cache.get(("flame", _key(path), "cpu"), lambda: load(path))
+
+
+def load_avatar(mesh: bpy.types.Mesh, device: str):
+    """The engine ``Avatar`` stored in an avatar's Gaussians mesh, on ``device``, cached by the mesh's uid."""
+    def read():
+        import torch
+        from ..engine.avatar import Avatar
+        from ..engine.errors import GAGAvatarError
+        try:
+            arrays = gaussians.read_mesh(mesh)
+        except KeyError as err:
+            raise GAGAvatarError(f"the Gaussians mesh '{mesh.name}' lacks the attribute {err}: "
+                                 "re-create the avatar from its image") from None
+        return Avatar({k: torch.from_numpy(v)[None].to(device) for k, v in arrays.items()})
+    return cache.get(("avatar", str(mesh.get(gaussians.UID, mesh.name_full)), device), read)

@@ -1,0 +1,80 @@
+"""Add-on preferences: asset paths, device, viewport mode, Python dependencies and the asset download."""
+import bpy
+
+from . import deps
+
+
+def _update_python_path(self, context):
+    deps.add_site_packages(self.python_path)
+
+
+class GAGAVATAR_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = deps.root_package()
+
+    assets_folder: bpy.props.StringProperty(
+        name="Asset Folder", subtype="DIR_PATH",
+        description="Folder with GAGAvatar.pt and FLAME_with_eye.pt (empty: $GAGAVATAR_ASSETS, "
+                    "else the user data folder gagavatar/)")
+    model_path: bpy.props.StringProperty(
+        name="GAGAvatar.pt", subtype="FILE_PATH",
+        description="GAGAvatar checkpoint; empty: GAGAvatar.pt in the asset folder")
+    flame_path: bpy.props.StringProperty(
+        name="FLAME", subtype="FILE_PATH",
+        description="FLAME model (FLAME_with_eye.pt, FLAME 2020 .pkl/.npz); empty: FLAME_with_eye.pt in the asset folder")
+    device: bpy.props.EnumProperty(
+        name="Device", default="AUTO",
+        items=(("AUTO", "Auto", "CUDA, else MPS, else CPU"), ("CUDA", "CUDA", "NVIDIA GPU"),
+               ("MPS", "MPS", "Apple GPU"), ("CPU", "CPU", "Processor (seconds per frame)")))
+    viewport_mode: bpy.props.EnumProperty(
+        name="Rendered Viewport", default="AUTO",
+        items=(("AUTO", "Auto", "The network on a GPU device, points on the CPU"),
+               ("NEURAL", "Network", "Always run the network (slow on the CPU)"),
+               ("POINTS", "Points", "Always draw the Gaussians as points")))
+    python_path: bpy.props.StringProperty(
+        name="Existing Environment", subtype="DIR_PATH", update=_update_python_path,
+        description="site-packages folder of a Python 3.11 virtual environment that has the engine's "
+                    "requirements (e.g. venv/lib/python3.11/site-packages); added to Blender's module path")
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column()
+        col.prop(self, "assets_folder")
+        col.prop(self, "model_path")
+        col.prop(self, "flame_path")
+        col.prop(self, "device")
+        col.prop(self, "viewport_mode")
+        box = layout.box()
+        box.label(text="Assets (FLAME may only be used under its licence, https://flame.is.tue.mpg.de)")
+        box.operator("gagavatar.download_assets", icon="IMPORT")
+        box = layout.box()
+        absent = deps.missing()
+        if absent:
+            box.label(text="Missing Python packages: " + ", ".join(absent), icon="ERROR")
+            box.label(text=f"Install Dependencies puts them in {deps.site_packages()}")
+            box.operator("gagavatar.install_dependencies", icon="CONSOLE")
+            box.label(text="Or point to an existing environment's site-packages:")
+        else:
+            box.label(text="All Python dependencies found", icon="CHECKMARK")
+        box.prop(self, "python_path")
+        layout.operator("gagavatar.free_memory", icon="TRASH")
+
+
+def get(context=None) -> GAGAVATAR_AP_preferences:
+    context = context or bpy.context
+    return context.preferences.addons[deps.root_package()].preferences
+
+
+classes = (GAGAVATAR_AP_preferences,)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    addon = bpy.context.preferences.addons.get(deps.root_package())
+    if addon is not None and addon.preferences is not None:  # not yet there on a first enable
+        deps.add_site_packages(addon.preferences.python_path)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,70 @@
+"""Blender properties: what an avatar's root object knows (saved in the .blend) and the job status (not saved)."""
+import bpy
+
+
+class GAGAVATAR_PG_avatar(bpy.types.PropertyGroup):
+    """``Object.gagavatar``: set on an avatar's root empty (the other objects are reached from it)."""
+
+    is_avatar: bpy.props.BoolProperty(name="Is Avatar", description="This empty is the root of a GAGAvatar")
+    rig: bpy.props.PointerProperty(name="Rig", type=bpy.types.Object,
+                                   description="FLAME armature: bones root (head pose), jaw, eye_L, eye_R")
+    flame: bpy.props.PointerProperty(name="FLAME Mesh", type=bpy.types.Object,
+                                     description="FLAME mesh with the Exp001-Exp100 shape keys")
+    gaussians: bpy.props.PointerProperty(name="Gaussians", type=bpy.types.Object,
+                                         description="The avatar's Gaussians (vertex-only mesh with attributes)")
+    camera: bpy.props.PointerProperty(name="Source Camera", type=bpy.types.Object,
+                                      description="Camera of the source photo")
+    image: bpy.props.PointerProperty(name="Source Image", type=bpy.types.Image)
+    source_transform: bpy.props.FloatVectorProperty(
+        name="Source Transform", size=12, description="Official [R|T] camera of the source crop, row-major")
+    anchor: bpy.props.FloatVectorProperty(
+        name="Crop Anchor", size=3, subtype="XYZ",
+        description="Head-space point the network's 512x512 crop is centred on")
+    radius: bpy.props.FloatProperty(
+        name="Crop Radius", min=1e-4, default=0.8,
+        description="Half side of the network's crop at the anchor's depth (head units)")
+    residual_px: bpy.props.FloatProperty(name="Tracking Residual", description="Mean landmark error, crop pixels")
+
+
+class GAGAVATAR_PG_job(bpy.types.PropertyGroup):
+    """``WindowManager.gagavatar_job``: the running background job, shown in the sidebar."""
+
+    running: bpy.props.BoolProperty()
+    label: bpy.props.StringProperty()
+    progress: bpy.props.FloatProperty(subtype="PERCENTAGE", min=0.0, max=100.0, precision=0)
+
+
+classes = (GAGAVATAR_PG_avatar, GAGAVATAR_PG_job)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Object.gagavatar = bpy.props.PointerProperty(type=GAGAVATAR_PG_avatar)
+    bpy.types.WindowManager.gagavatar_job = bpy.props.PointerProperty(type=GAGAVATAR_PG_job)
+
+
+def unregister():
+    del bpy.types.WindowManager.gagavatar_job
+    del bpy.types.Object.gagavatar
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
+
+
+def avatar_root(obj):
+    """The avatar root an object belongs to (itself, an ancestor, or the avatar whose camera it is), or None."""
+    probe = obj
+    while probe is not None:
+        if probe.gagavatar.is_avatar:
+            return probe
+        probe = probe.parent
+    if obj is not None and obj.type == "CAMERA":
+        for candidate in bpy.data.objects:
+            if candidate.gagavatar.is_avatar and candidate.gagavatar.camera == obj:
+                return candidate
+    return None
+
+
+def scene_avatars(scene):
+    """Avatar roots linked to ``scene``."""
+    return [obj for obj in scene.objects if obj.gagavatar.is_avatar]

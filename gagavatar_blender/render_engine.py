@@ -1,0 +1,138 @@
+"""The ``GAGAVATAR`` render engine: every avatar of the scene, from the active camera, into the compositor.
+
+Passes (Render Layers node sockets): ``Image``/``Alpha`` (Combined: the network's image decoded
+from sRGB to scene-linear, premultiplied, alpha = the splatting's accumulated opacity),
+``Depth`` (when the view layer's Z pass is on; scene units, 1e10 where empty) and ``Coarse``
+(the splatted RGB before the neural renderer, sRGB-decoded). The network is loaded once per
+(checkpoint, device) and kept for later frames and renders (``gagavatar.free_memory`` drops it).
+
+In the viewport's Rendered mode the avatars are rendered by the network when the device is a GPU
+(or the preferences ask for it) and drawn as coloured points otherwise (:mod:`.viewport`);
+Material Preview uses EEVEE, which shows the Gaussians' point preview.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import bpy
+
+from . import frame_render, networks, preferences, scene_views
+
+COARSE_PASS = "Coarse"
+
+
+def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None):
+    """Render every visible avatar through a camera; the layers, or None if cancelled.
+
+    Raises:
+        GAGAvatarError: missing assets, an unavailable device, a broken avatar.
+    """
+    prefs = preferences.get()
+    device = networks.resolve_device(prefs.device)
+    views = scene_views.avatar_views(depsgraph, camera_world, device)
+    if not views:
+        return frame_render.Layers.empty(intrinsics.width, intrinsics.height)
+    model_path, _ = networks.asset_paths(prefs)
+    model = networks.load_model(model_path, device)
+    return frame_render.render_frame(model, views, intrinsics, progress, cancel)
+
+
+def render_size(scene) -> tuple[int, int]:
+    """The output resolution in pixels (resolution x percentage)."""
+    scale = scene.render.resolution_percentage / 100.0
+    return max(1, int(scene.render.resolution_x * scale)), max(1, int(scene.render.resolution_y * scale))
+
+
+class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
+    """Neural rendering of GAGAvatar heads."""
+
+    bl_idname = "GAGAVATAR"
+    bl_label = "GAGAvatar"
+    bl_use_postprocess = True
+    bl_use_eevee_viewport = True
+    bl_use_preview = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.viewport = None
+
+    def update_render_passes(self, scene=None, renderlayer=None):
+        # Built-in names only for built-in passes, and only when enabled: Blender drops the passes
+        # registered after a custom pass that reuses a built-in socket name.
+        self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", "COLOR")
+        if renderlayer.use_pass_z:
+            self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
+        self.register_pass(scene, renderlayer, COARSE_PASS, 3, "RGB", "COLOR")
+
+    def render(self, depsgraph):
+        from ..engine.errors import GAGAvatarError
+        scene, layer = depsgraph.scene, depsgraph.view_layer
+        width, height = render_size(scene)
+        self.add_pass(COARSE_PASS, 3, "RGB", layer=layer.name)
+        camera = scene.camera
+        self.update_stats("", "GAGAvatar: preparing")
+
+        def progress(done, total):
+            self.update_progress(done / max(total, 1))
+            self.update_stats("", f"GAGAvatar: frame {scene.frame_current}, avatar {min(done + 1, total)}/{total}")
+        try:
+            intrinsics = scene_views.camera_intrinsics(depsgraph, camera, width, height)
+            layers = render_scene(depsgraph, camera.matrix_world, intrinsics, progress, self.test_break)
+        except GAGAvatarError as err:
+            self.report({"ERROR"}, str(err))
+            self.error_set(str(err))
+            return
+        if layers is None:  # cancelled
+            return
+        result = self.begin_result(0, 0, width, height, layer=layer.name)
+        passes = result.layers[0].passes
+        # The result's rows run bottom-up.
+        passes["Combined"].rect = np.ascontiguousarray(layers.combined[::-1]).reshape(-1, 4)
+        if "Depth" in passes:
+            passes["Depth"].rect = np.ascontiguousarray(layers.depth[::-1]).reshape(-1, 1)
+        passes[COARSE_PASS].rect = np.ascontiguousarray(layers.coarse[::-1]).reshape(-1, 3)
+        self.end_result(result)
+        self.update_progress(1.0)
+
+    def view_update(self, context, depsgraph):
+        from .viewport import Viewport
+        if self.viewport is None:
+            self.viewport = Viewport()
+        self.viewport.tag_update()
+
+    def view_draw(self, context, depsgraph):
+        from .viewport import Viewport
+        if self.viewport is None:
+            self.viewport = Viewport()
+        self.viewport.draw(self, context, depsgraph)
+
+
+classes = (GAGAVATAR_RE_engine,)
+
+
+def _panels():
+    """Blender's panels that work with this engine (so the properties editor is not empty)."""
+    names = ("RENDER_PT_format", "RENDER_PT_frame_range", "RENDER_PT_time_stretching", "RENDER_PT_output",
+             "RENDER_PT_output_views", "RENDER_PT_encoding", "RENDER_PT_encoding_video", "RENDER_PT_encoding_audio",
+             "RENDER_PT_post_processing", "RENDER_PT_stamp", "RENDER_PT_stamp_note", "RENDER_PT_stamp_burn",
+             "RENDER_PT_color_management", "RENDER_PT_color_management_curves",
+             "RENDER_PT_output_color_management", "VIEWLAYER_PT_layer", "VIEWLAYER_PT_layer_passes",
+             "VIEWLAYER_PT_workbench_layer_passes_data", "DATA_PT_context_camera", "DATA_PT_lens",
+             "DATA_PT_camera", "DATA_PT_camera_display", "DATA_PT_camera_background_image",
+             "DATA_PT_camera_safe_areas", "DATA_PT_context_mesh", "DATA_PT_shape_keys", "DATA_PT_vertex_groups",
+             "DATA_PT_mesh_attributes", "DATA_PT_customdata", "OBJECT_PT_visibility")
+    return [getattr(bpy.types, name) for name in names if hasattr(getattr(bpy.types, name, None), "COMPAT_ENGINES")]
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    for panel in _panels():
+        panel.COMPAT_ENGINES.add(GAGAVATAR_RE_engine.bl_idname)
+
+
+def unregister():
+    for panel in _panels():
+        panel.COMPAT_ENGINES.discard(GAGAVATAR_RE_engine.bl_idname)
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,99 @@
+"""Operators whose work runs as a :class:`~..gagavatar_blender.jobs.Job`.
+
+Interactive sessions: the job runs in a worker thread; a modal timer shows its progress in the
+status bar, the mouse cursor and the sidebar, Esc cancels it, and the Blender data is made on the
+main thread when it is done. Background mode (``blender -b``, the bpy module) or
+``synchronous=True``: the job runs to completion inside ``execute``.
+"""
+import bpy
+
+from ..gagavatar_blender import jobs
+
+TIMER_S = 0.2
+
+
+def finish(job, report, apply):
+    """Report a finished job's outcome; ``apply(result)`` makes the Blender data on success.
+
+    Returns the operator's return set. A failed or cancelled job leaves the scene untouched.
+    """
+    from ..engine.errors import GAGAvatarError
+    if isinstance(job.error, GAGAvatarError):
+        report({"WARNING"} if job.cancelled else {"ERROR"}, str(job.error))
+        return {"CANCELLED"}
+    if job.error is not None:
+        print(job.error_details)
+        report({"ERROR"}, f"{job.label} failed: {type(job.error).__name__}: {job.error} (details in the console)")
+        return {"CANCELLED"}
+    return apply(job.result)
+
+
+class JobOperator:
+    """Mixin for operators: subclasses define ``make_job(context) -> Job`` and ``apply(context, result) -> set``."""
+
+    synchronous: bpy.props.BoolProperty(
+        name="Synchronous", default=False, options={"HIDDEN", "SKIP_SAVE"},
+        description="Run to completion before returning (always so in background mode)")
+
+    @classmethod
+    def poll_job(cls) -> bool:
+        """False (with a message) while another job runs."""
+        running = jobs.active()
+        if running is not None:
+            cls.poll_message_set(f"Wait for '{running.label}' to finish, or cancel it (Esc)")
+            return False
+        return True
+
+    def execute(self, context):
+        from ..engine.errors import GAGAvatarError
+        try:
+            job = self.make_job(context)
+        except GAGAvatarError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        if bpy.app.background or self.synchronous or context.window is None:
+            job.run_inline()
+            return finish(job, self.report, lambda result: self.apply(context, result))
+        job.start()
+        self._job = job
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_S, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0, 100)
+        self._show(context)
+        return {"RUNNING_MODAL"}
+
+    def _show(self, context) -> None:
+        job, status = self._job, context.window_manager.gagavatar_job
+        status.running, status.label, status.progress = True, job.status, 100.0 * job.fraction
+        context.window_manager.progress_update(int(100 * job.fraction))
+        if context.workspace is not None:
+            context.workspace.status_text_set(f"{job.label}: {job.status} ({100 * job.fraction:.0f}%) - Esc to cancel")
+        for area in context.screen.areas if context.screen else ():
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+    def _end(self, context) -> None:
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        wm.gagavatar_job.running = False
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC" and event.value == "PRESS":
+            job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        if not job.done:
+            self._show(context)
+            return {"RUNNING_MODAL"}
+        self._end(context)
+        return finish(job, self.report, lambda result: self.apply(context, result))
+
+    def cancel(self, context):
+        """Blender is cancelling the operator (window closed): stop the job."""
+        self._job.cancel()
+        self._end(context)

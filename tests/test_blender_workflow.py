@@ -1,0 +1,374 @@
+"""The artist's workflow in a headless bpy 5.0 session, through the extension zip as Blender installs it:
+create an avatar from a photo, key it, import a driving sequence, render stills and animations with
+the GAGAVATAR engine into the compositor, save and reload; and the failures that must leave the
+scene as it was. Assets: the synthetic GAGAvatar.pt / FLAME from the fixtures, found through
+$GAGAVATAR_ASSETS.
+
+The network renders take seconds each on a CPU: the module creates one avatar and renders six frames.
+"""
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = "bl_ext.user_default.gagavatar"
+
+
+def ext(name):
+    """A submodule of the installed extension."""
+    return importlib.import_module(f"{MODULE}.{name}")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, assets_dir):
+    import bpy
+    import addon_utils  # importable once bpy is
+    spec = importlib.util.spec_from_file_location("build_extension", REPO / "tools" / "build_extension.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    zip_path = build.build(tmp_path_factory.mktemp("zip"))
+    previous = os.environ.get("GAGAVATAR_ASSETS")
+    os.environ["GAGAVATAR_ASSETS"] = str(assets_dir)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    assert bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
+                                                    enable_on_install=True) == {"FINISHED"}
+    yield bpy.context.preferences.addons[MODULE].preferences
+    addon_utils.disable(MODULE, default_set=True)
+    if previous is None:
+        os.environ.pop("GAGAVATAR_ASSETS")
+    else:
+        os.environ["GAGAVATAR_ASSETS"] = previous
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def avatar(installed, photo):
+    import bpy
+    assert bpy.ops.gagavatar.create_avatar(filepath=str(photo)) == {"FINISHED"}
+    return bpy.data.objects["astronaut"]
+
+
+def snapshot():
+    import bpy
+    return {kind: sorted(i.name for i in getattr(bpy.data, kind))
+            for kind in ("objects", "collections", "meshes", "armatures", "cameras", "images", "actions")}
+
+
+def head_space_camera(root, camera):
+    """The network's [R|T] for ``camera`` as the renderer computes it (through the evaluated rig)."""
+    import bpy
+    from gagavatar.engine.cameras import blender_to_transform
+    views = ext("gagavatar_blender.scene_views").avatar_views(bpy.context.evaluated_depsgraph_get(),
+                                                               camera.matrix_world, "cpu")
+    assert len(views) == 1
+    return blender_to_transform(torch.tensor(views[0].camera, dtype=torch.float32), 1.0)[0], views[0]
+
+
+def test_preferences_default_to_the_asset_environment_variable(installed, assets_dir):
+    # read when used (not frozen at register), so a farm node's own $GAGAVATAR_ASSETS applies
+    assert installed.assets_folder == "" and installed.model_path == "" and installed.flame_path == ""
+    model, flame = ext("gagavatar_blender.networks").asset_paths(installed)
+    assert model == assets_dir / "GAGAvatar.pt" and flame == assets_dir / "FLAME_with_eye.pt"
+    assert installed.bl_rna.identifier == "GAGAVATAR_AP_preferences"
+
+
+def test_create_avatar_from_a_photo(avatar):
+    import bpy
+    settings = avatar.gagavatar
+    collection = avatar.users_collection[0]
+    assert collection.name == "GAGAvatar astronaut"
+    assert {o.name for o in collection.objects} == {
+        "astronaut", "astronaut_rig", "astronaut_flame", "astronaut_gaussians", "astronaut_camera", "astronaut_source"}
+    # The Gaussians, saved as mesh attributes, read back as the engine's arrays.
+    data = ext("gagavatar_blender.gaussians").read_mesh(settings.gaussians.data)
+    assert {k: v.shape for k, v in data.items()} == {
+        "xyz": (180255, 3), "colors": (180255, 32), "opacities": (180255, 1), "scales": (180255, 3),
+        "rotations": (180255, 4)}
+    assert 0.0 <= data["opacities"].min() and data["opacities"].max() <= 1.0 and data["scales"].min() > 0
+    assert settings.gaussians.modifiers[0].node_group.name == "GAGAvatar Gaussian Preview"
+    # The rig: FLAME mesh with widened expression keys, under the root that turns y-up into z-up.
+    blocks = settings.flame.data.shape_keys.key_blocks
+    assert len(settings.flame.data.vertices) == 5023 and blocks["Exp100"].slider_min < -1
+    assert np.allclose(np.array(avatar.matrix_world)[:3, :3] / 0.2, [[1, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-6)
+    # The point preview follows the head root (at rest: exactly the armature's space).
+    assert np.allclose(settings.gaussians.matrix_world, settings.rig.matrix_world, atol=1e-6)
+    # The camera sees the head as the source camera did.
+    transform, _ = head_space_camera(avatar, settings.camera)
+    assert torch.allclose(transform, torch.tensor(settings.source_transform).view(3, 4), atol=1e-4)
+    assert settings.camera.data.lens == pytest.approx(216.0)
+    assert settings.image.packed_file is not None and settings.image.name == "astronaut.png"
+    scene = bpy.context.scene
+    assert (scene.render.engine, scene.camera, scene.view_settings.view_transform, scene.render.dither_intensity) == (
+        "GAGAVATAR", settings.camera, "Standard", 0.0)
+    assert bpy.context.view_layer.use_pass_z and (scene.render.resolution_x, scene.render.resolution_y) == (512, 512)
+
+
+def test_render_through_the_source_camera_is_the_networks_output(avatar, tmp_path):
+    """F12 through the avatar's camera at 512^2: the saved 8-bit pixels are the network's sRGB image
+    (sRGB decoded into the linear result, encoded back by the Standard view transform)."""
+    import bpy
+    scene = bpy.context.scene
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
+    scene.render.filepath = str(tmp_path / "still")
+    bpy.ops.render.render(write_still=True)
+    saved = np.asarray(Image.open(tmp_path / "still.png"), dtype=np.float64)
+
+    networks = ext("gagavatar_blender.networks")
+    model = networks.load_model(networks.asset_paths(installed_prefs())[0], "cpu")
+    transform, view = head_space_camera(avatar, scene.camera)
+    with torch.no_grad():
+        frame = model.render(view.load(), torch.from_numpy(view.vertices)[None], transform[None])
+    direct = frame.image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0
+    assert np.abs(saved - direct).max() <= 0.51  # rounding only (no dithering)
+
+
+def installed_prefs():
+    import bpy
+    return bpy.context.preferences.addons[MODULE].preferences
+
+
+def _wide_camera(scene, source):
+    """A non-square, shifted, longer-lens camera at the source camera's place."""
+    import bpy
+    data = bpy.data.cameras.new("wide")
+    data.lens, data.shift_x = 150.0, 0.1
+    camera = bpy.data.objects.new("wide", data)
+    scene.collection.objects.link(camera)
+    camera.matrix_world = source.matrix_world
+    scene.camera = camera
+    scene.render.resolution_x, scene.render.resolution_y = 320, 192
+    return camera
+
+
+def _compositor(scene, folder):
+    """Render Layers -> File Output (EXR: Image, Coarse, Depth) and the group output (Blender 5.0 API)."""
+    import bpy
+    tree = bpy.data.node_groups.new("passes", "CompositorNodeTree")
+    scene.compositing_node_group = tree
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    out = tree.nodes.new("CompositorNodeOutputFile")
+    out.directory, out.file_name = str(folder) + os.sep, "pass_"
+    out.format.media_type = "IMAGE"
+    out.format.file_format = "OPEN_EXR"
+    out.format.color_depth = "32"
+    for name in ("Image", "Coarse", "Depth"):
+        out.file_output_items.new("FLOAT" if name == "Depth" else "RGBA", name)
+        tree.links.new(layers.outputs[name], out.inputs[name])
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    tree.links.new(layers.outputs["Image"], tree.nodes.new("NodeGroupOutput").inputs[0])
+    return [s.name for s in layers.outputs if s.enabled]
+
+
+def _exr(path):
+    import bpy
+    image = bpy.data.images.load(str(path))
+    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], -1)[::-1]
+    bpy.data.images.remove(image)
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def animation(avatar, tmp_path_factory):
+    """Exp001 keyed at 0 (frame 1) and 3 (frame 2), rendered with `render.render(animation=True)`
+    through a wide camera into PNGs and the compositor's EXRs."""
+    import bpy
+    scene = bpy.context.scene
+    folder = tmp_path_factory.mktemp("animation")
+    camera = _wide_camera(scene, avatar.gagavatar.camera)
+    sockets = _compositor(scene, folder / "passes")
+    block = avatar.gagavatar.flame.data.shape_keys.key_blocks["Exp001"]
+    for frame, value in ((1, 0.0), (2, 3.0)):
+        block.value = value
+        block.keyframe_insert("value", frame=frame)
+    views = {}
+    for frame in (1, 2):
+        scene.frame_set(frame)
+        views[frame] = head_space_camera(avatar, camera)[1]
+    k = ext("gagavatar_blender.scene_views").camera_intrinsics(bpy.context.evaluated_depsgraph_get(), camera, 320, 192)
+    scene.frame_start, scene.frame_end = 1, 2
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
+    scene.render.filepath = str(folder / "frame_")
+    cache = ext("gagavatar_blender.cache")
+    bpy.ops.render.render(animation=True)
+    models = [v for key, v in cache._CACHE.items() if key[0] == "model"]
+    return {"folder": folder, "sockets": sockets, "views": views, "intrinsics": k, "models": models}
+
+
+def test_animation_frames_differ_where_the_expression_differs(animation):
+    folder, k = animation["folder"], animation["intrinsics"]
+    assert sorted(p.name for p in folder.glob("frame_*")) == ["frame_0001.png", "frame_0002.png"]
+    one, two = (np.asarray(Image.open(folder / f"frame_000{f}.png"), dtype=np.int16) for f in (1, 2))
+    # Renders are deterministic (same input, same pixels: see the save/reload test), so any change
+    # comes from the expression. The synthetic weights damp it: the 8-bit frames differ by a level.
+    assert one.shape == (192, 320, 3) and np.abs(one - two).max() >= 1
+    passes = {f: {n: _exr(folder / "passes" / f"pass_{n}000{f}.exr") for n in ("Image", "Coarse", "Depth")}
+              for f in (1, 2)}
+    assert np.abs(passes[1]["Image"] - passes[2]["Image"]).max() > 5e-3
+    # The splatted pass changes only around the expression Gaussians that moved.
+    v1, v2 = animation["views"][1], animation["views"][2]
+    moved = np.abs(v1.vertices - v2.vertices).max(1) > 1e-5
+    assert moved.any()
+    points = np.concatenate([v1.vertices[moved], v2.vertices[moved]])
+    p = (points - v1.camera[:3, 3]) @ v1.camera[:3, :3]
+    u, v = k.fx * p[:, 0] / -p[:, 2] + k.cx, k.fy * -p[:, 1] / -p[:, 2] + k.cy
+    margin = 3 * 0.05 * k.fx / (-p[:, 2]).min() + 3  # 3 sigma of the largest Gaussians, plus resampling
+    changed = np.abs(passes[1]["Coarse"][..., :3] - passes[2]["Coarse"][..., :3]).max(-1) > 1e-4
+    rows, cols = np.nonzero(changed)
+    assert len(rows) > 0
+    assert cols.min() + 0.5 >= u.min() - margin and cols.max() + 0.5 <= u.max() + margin
+    assert rows.min() + 0.5 >= v.min() - margin and rows.max() + 0.5 <= v.max() + margin
+    # Outside the head's crop window nothing is drawn, in both frames.
+    window = ext("gagavatar_blender.frame_render").crop_window(v1, k)
+    assert window.x0 > 0 and window.x0 + window.w < 320  # the window lies inside the frame horizontally
+    outside = np.ones((192, 320), bool)
+    outside[:, int(np.floor(window.x0)):int(np.ceil(window.x0 + window.w))] = False
+    for f in (1, 2):
+        assert passes[f]["Image"][outside].max() == 0.0
+    # The model was loaded once for both frames (the cache).
+    assert len(animation["models"]) == 1
+
+
+def test_the_compositor_receives_every_pass(animation):
+    import bpy
+    assert {"Image", "Alpha", "Depth", "Coarse"} <= set(animation["sockets"])
+    folder = animation["folder"]
+    image = _exr(folder / "passes" / "pass_Image0001.exr")
+    coarse = _exr(folder / "passes" / "pass_Coarse0001.exr")
+    depth = _exr(folder / "passes" / "pass_Depth0001.exr")[..., 0]
+    alpha = image[..., 3]
+    png = np.asarray(Image.open(folder / "frame_0001.png"), dtype=np.float64) / 255.0
+    srgb = np.where(image[..., :3] <= 0.0031308, 12.92 * image[..., :3],
+                    1.055 * np.clip(image[..., :3], 0, None) ** (1 / 2.4) - 0.055)
+    assert np.abs(srgb - png).max() <= 1.0 / 255 + 1e-4  # the compositor's Image is the render
+    assert alpha.max() > 0.5 and alpha.min() == 0.0 and coarse[..., :3].max() > 0.0
+    # Depth: scene units to the head where it is drawn, Blender's background value elsewhere.
+    head = bpy.data.objects["astronaut"]
+    distance = (bpy.context.scene.camera.matrix_world.translation - head.matrix_world.translation).length
+    drawn = alpha > 0.5
+    assert np.abs(depth[drawn] - distance).max() < 0.5 * distance
+    assert (depth[alpha == 0.0] == 1e10).all()
+
+
+def _sequence(tmp_path):
+    """A 6-frame, 25 fps driving sequence turning and moving the head and opening the jaw."""
+    from gagavatar.engine.cameras import transform_from_pose
+    from gagavatar.engine.sequence import DrivingSequence, save_sequence
+    g = torch.Generator().manual_seed(0)
+    T = 6
+    turn = torch.stack([torch.tensor([0.05 * t, -0.1 * t, 0.02 * t]) for t in range(T)])
+    transform = transform_from_pose(turn, torch.tensor([0.1, -0.05, 9.5]).expand(T, 3))
+    seq = DrivingSequence(expression=torch.randn(T, 100, generator=g), jaw=torch.rand(T, 3, generator=g) * 0.2,
+                          eyes=torch.randn(T, 6, generator=g) * 0.1, transform=transform, fps=25.0)
+    save_sequence(seq, tmp_path / "drive.npz")
+    return seq, tmp_path / "drive.npz"
+
+
+@pytest.mark.parametrize("head_motion", ["HEAD", "CAMERA"])
+def test_import_driving_keys_the_rig_at_the_scene_frame_rate(avatar, tmp_path, head_motion):
+    """25 fps driving on a 50 fps scene from frame 101: every other frame is a driving frame, the
+    ones between are interpolated; the camera sees the head as the driving camera did."""
+    import bpy
+    from mathutils import Quaternion
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 50, 1.0
+    scene.camera = avatar.gagavatar.camera
+    camera_before = avatar.gagavatar.camera.matrix_world.copy()
+    seq, path = _sequence(tmp_path)
+    start = 101 if head_motion == "HEAD" else 201
+    assert bpy.ops.gagavatar.import_driving(filepath=str(path), start_frame=start, head_motion=head_motion,
+                                            set_frame_range=False) == {"FINISHED"}
+    blocks = avatar.gagavatar.flame.data.shape_keys.key_blocks
+    jaw = avatar.gagavatar.rig.pose.bones["jaw"]
+    rig = ext("gagavatar_blender.rig")
+    for t in range(seq.num_frames):
+        scene.frame_set(start + 2 * t)
+        values = np.array([blocks[name].value for name in rig.EXPRESSION_KEYS])
+        assert np.abs(values - seq.expression[t].numpy()).max() < 1e-5
+        want = Quaternion(rig.axis_angle_to_quaternion(seq.jaw[t].numpy()))
+        assert abs(abs(want.dot(jaw.rotation_quaternion)) - 1.0) < 1e-6
+        transform, _ = head_space_camera(avatar, scene.camera)
+        assert torch.allclose(transform, seq.transform[t], atol=1e-4)
+    scene.frame_set(start + 1)  # halfway between driving frames 0 and 1
+    values = np.array([blocks[name].value for name in rig.EXPRESSION_KEYS])
+    assert np.abs(values - seq.expression[:2].mean(0).numpy()).max() < 1e-5
+    if head_motion == "HEAD":
+        assert scene.camera.animation_data is None  # the camera stays
+    else:
+        scene.frame_set(start)
+        assert not np.allclose(scene.camera.matrix_world, camera_before, atol=1e-3)
+        assert np.allclose(avatar.gagavatar.rig.pose.bones["root"].matrix_basis, np.eye(4), atol=1e-6)
+
+
+def test_failures_leave_the_scene_as_it_was(avatar, installed, photo, tmp_path):
+    import bpy
+    Cancelled = ext("engine.errors").Cancelled   # the installed extension's own engine
+    before = snapshot()
+    # Missing assets: refused before any work, with where to put them.
+    folder, installed.assets_folder = installed.assets_folder, str(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="GAGAvatar.pt not found"):
+            bpy.ops.gagavatar.create_avatar(filepath=str(photo))
+    finally:
+        installed.assets_folder = folder
+    # A photo without a face.
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(blank)
+    with pytest.raises(RuntimeError, match="no face found in blank.png"):
+        bpy.ops.gagavatar.create_avatar(filepath=str(blank))
+    # A cancelled job: its worker thread stops at the next stage and nothing is built.
+    job = ext("operators.avatar").create_avatar_job(bpy.context, str(photo))
+    job.start()
+    job.cancel()
+    assert job.wait(120)
+    assert isinstance(job.error, Cancelled) and ext("gagavatar_blender.jobs").active() is None
+    reports = []
+    built = []
+    result = ext("operators.job_operator").finish(job, lambda kind, text: reports.append((kind, text)),
+                                                  lambda result: built.append(result))
+    assert result == {"CANCELLED"} and not built and reports == [({"WARNING"}, "Create avatar: cancelled")]
+    assert snapshot() == before
+
+
+def _render_still(path):
+    import bpy
+    scene = bpy.context.scene
+    scene.frame_set(1)
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    return np.asarray(Image.open(f"{path}.png"))
+
+
+def test_save_reload_render_gives_identical_pixels(avatar, tmp_path):
+    """Everything the render needs is inside the .blend (Gaussians, rig, keys, camera)."""
+    import bpy
+    before = _render_still(tmp_path / "before")
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "avatar.blend"))
+    assert bpy.ops.gagavatar.free_memory() == {"FINISHED"}  # the Gaussians are read again, from the file
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "avatar.blend"))
+    assert bpy.data.objects["astronaut"].gagavatar.gaussians.data.attributes.get("gs_color_31") is not None
+    assert np.array_equal(_render_still(tmp_path / "reloaded"), before)
+
+
+def test_free_memory_drops_the_cached_network(installed):
+    import bpy
+    cache = ext("gagavatar_blender.cache")
+    assert cache.size() > 0
+    assert bpy.ops.gagavatar.free_memory() == {"FINISHED"}
+    assert cache.size() == 0
+
+

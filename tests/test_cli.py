@@ -1,0 +1,103 @@
+"""The `gagavatar` command line: the main job end to end on synthetic assets, and clean errors."""
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from gagavatar.engine import cli
+from gagavatar.engine.avatar import Avatar
+
+
+def run(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+@pytest.fixture
+def assets_env(assets_dir, monkeypatch):
+    monkeypatch.setenv("GAGAVATAR_ASSETS", str(assets_dir))
+    return assets_dir
+
+
+def test_help_and_version_via_python_m():
+    out = subprocess.run([sys.executable, "-m", "gagavatar", "--help"], capture_output=True, text=True, check=True)
+    for command in ("reconstruct", "render", "track", "info", "assets"):
+        assert command in out.stdout
+
+
+def test_assets_check(assets_env, tmp_path, capsys):
+    assert run("assets", "check") == 0
+    assert "GAGAvatar.pt" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("assets", "check", "--assets", empty) == 1
+    assert "missing" in capsys.readouterr().out
+
+
+def test_download_without_licence_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", open("/dev/null"))
+    assert run("assets", "download", "--assets", tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "licen" in err.lower() and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_info(official_checkpoint, capsys):
+    assert run("info", official_checkpoint) == 0
+    out = capsys.readouterr().out
+    assert "official" in out and "perceptual" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["render", "nope.npz", "-o", "{tmp}/out.mp4", "--device", "cpu"],
+    ["reconstruct", "nope.png", "-o", "{tmp}/a.npz", "--device", "cpu"],
+    ["info", "{tmp}/missing.pt"],
+])
+def test_user_errors_are_one_line_and_write_nothing(argv, assets_env, tmp_path, capsys):
+    code = run(*[a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "\n" not in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_assets_error_names_the_remedy(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GAGAVATAR_ASSETS", str(tmp_path))
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), skimage.data.astronaut()[..., ::-1])
+    assert run("reconstruct", img, "-o", tmp_path / "a.npz", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "gagavatar assets download" in err
+    assert not (tmp_path / "a.npz").exists()
+
+
+def test_reconstruct_and_render_main_job(assets_env, tmp_path, capsys):
+    img = tmp_path / "astronaut.png"
+    cv2.imwrite(str(img), skimage.data.astronaut()[..., ::-1])
+    avatar_path = tmp_path / "avatar.npz"
+    assert run("reconstruct", img, "-o", avatar_path, "--overlay", tmp_path / "overlay.png",
+               "--ply", tmp_path / "avatar.ply", "--device", "cpu") == 0
+    avatar = Avatar.load(avatar_path)
+    assert avatar.num_gaussians == 180255 and avatar.shape.shape == (1, 300)
+    assert cv2.imread(str(tmp_path / "overlay.png")) is not None and (tmp_path / "avatar.ply").stat().st_size > 1e6
+
+    video = tmp_path / "out.mp4"
+    assert run("render", avatar_path, "-o", video, "--frames", "2", "--device", "cpu") == 0
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    assert len(frames) == 2 and frames[0].shape == (512, 512, 3)
+    assert np.abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 0.5  # the head moves
+
+    folder = tmp_path / "frames"
+    assert run("render", avatar_path, "-o", folder, "--frames", "2", "--device", "cpu") == 0
+    pngs = sorted(p.name for p in folder.iterdir())
+    assert pngs == ["frame_00000.png", "frame_00001.png"]
+    assert run("render", avatar_path, "-o", folder, "--frames", "2", "--device", "cpu") == 2  # not empty
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []

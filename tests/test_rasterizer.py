@@ -1,0 +1,224 @@
+"""The torch rasterizer against the conformance kit's port of the official kernel, and the gsplat path."""
+import math
+
+import pytest
+import torch
+
+from gagavatar.engine import rasterizer_gsplat, rasterizer_torch
+from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_to_opencv
+from gagavatar.engine.covariance import covariance_from_scale_rotation
+from gagavatar.engine.errors import GAGAvatarError
+from gagavatar.engine.rasterize import render_gaussians
+
+
+def _gaussians(case, batch=1):
+    i = case["inputs"]
+    g = {"xyz": i["means"], "colors": i["colors"], "opacities": i["opacities"],
+         "scales": i["scales"], "rotations": i["quats"]}
+    return {k: v[None].expand(batch, *v.shape) for k, v in g.items()}
+
+
+def _render(case, size, background=None, **kw):
+    return render_gaussians(_gaussians(case), case["inputs"]["cam_matrix"][None], focal=case["settings"]["focal"],
+                            size=size, background=background, backend="torch", **kw)
+
+
+@pytest.mark.parametrize("size", [128, 40])
+def test_render_case_matches_official(kit, render_case, size):
+    o = render_case["outputs"]
+    r = _render(render_case, (size, size))
+    kit.compare.check_stats(o[f"image_{size}x{size}"], r.features[0], "render_case")
+    assert torch.equal(r.radii[0], o[f"radii_{size}x{size}"].to(torch.int32))
+    assert r.radii.dtype == torch.int32
+    final_t = o[f"final_T_{size}x{size}"]
+    assert (r.alpha[0, 0] - (1 - final_t)).abs().max() < 1e-5
+
+
+def test_render_case_background(kit, render_case):
+    o = render_case["outputs"]
+    bg = o["bg_for_image_128x128_bg"]
+    r = _render(render_case, (128, 128), background=bg)
+    kit.compare.check_stats(o["image_128x128_bg"], r.features[0], "render_case")
+    plain = _render(render_case, (128, 128))
+    expected = plain.features + (1 - plain.alpha) * bg[None, :, None, None]
+    assert torch.allclose(r.features, expected, atol=1e-6)
+
+
+def test_preprocess_matches_port(kit, render_case):
+    i, o, s = render_case["inputs"], render_case["outputs"], render_case["settings"]
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])
+    pre = rasterizer_torch.preprocess(i["means"], cov, i["viewmatrix"], i["projmatrix"], s["tanfovx"],
+                                      s["tanfovy"], 128, 128)
+    v = pre["valid"]
+    assert torch.equal(v, o["radii_128x128"] > 0)
+    for mine, ref in [("means2D", "means2D_128"), ("conic", "conic_128"), ("depth", "depth_128"),
+                      ("cov3D", "cov3D"), ("cov2D", "cov2D_128")]:
+        kit.compare.check(o[ref][v], pre[mine][v], "render_port")
+
+
+def test_batch_equals_singles(render_case):
+    g = _gaussians(render_case, 2)
+    g = {k: v.clone() for k, v in g.items()}
+    g["colors"][1] = g["colors"][1].flip(-1)
+    tr = torch.stack([render_case["inputs"]["cam_matrix"],
+                      look_at_transform((1.5, 0.5, 9.0)).to(render_case["inputs"]["cam_matrix"])])
+    both = render_gaussians(g, tr, size=(48, 64), backend="torch")
+    for b in range(2):
+        one = render_gaussians({k: v[b:b + 1] for k, v in g.items()}, tr[b:b + 1], size=(48, 64), backend="torch")
+        for name in ("features", "alpha", "depth", "radii"):
+            assert torch.equal(getattr(both, name)[b:b + 1], getattr(one, name)), name
+    assert not torch.equal(both.features[0], both.features[1])
+
+
+def test_covars_override_scales(render_case):
+    g = _gaussians(render_case)
+    ref = render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(32, 32), backend="torch")
+    g2 = dict(g, covars=covariance_from_scale_rotation(g["scales"], g["rotations"]) * 4.0)
+    big = render_gaussians(g2, render_case["inputs"]["cam_matrix"], size=(32, 32), backend="torch")
+    assert (big.radii >= ref.radii).all() and (big.radii > ref.radii).any()
+
+
+def _one_point(depth=5.0, opacity=0.9, sigma=0.01):
+    g = {"xyz": torch.tensor([[[0.0, 0.0, 0.0]]]), "colors": torch.tensor([[[1.0, 2.0]]]),
+         "opacities": torch.tensor([[[opacity]]]), "scales": torch.full((1, 1, 3), sigma),
+         "rotations": torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])}
+    return g, look_at_transform((0.0, 0.0, depth))[None]
+
+
+def test_principal_point_and_non_square():
+    g, tr = _one_point()
+    H, W, center = 31, 50, (0.22, -0.4)
+    r = render_gaussians(g, tr, focal=(2.0, 3.0), size=(H, W), center=center, backend="torch")
+    # the point projects onto the principal point: pixel ((1 + c) * S - 1) / 2 with centres at integers
+    ex, ey = ((1 + center[0]) * W - 1) / 2, ((1 + center[1]) * H - 1) / 2
+    peak = r.alpha[0, 0]
+    y, x = divmod(int(peak.argmax()), W)
+    assert (x, y) == (round(ex), round(ey))
+    # per-axis focal: a round Gaussian is 1.5x taller than wide (fy / fx) in pixels
+    V, P, _ = build_camera_matrices(tr, (2.0, 3.0), center)
+    cov = covariance_from_scale_rotation(torch.full((1, 3), 0.05), torch.tensor([[1.0, 0, 0, 0]]))
+    pre = rasterizer_torch.preprocess(g["xyz"][0], cov, V[0], P[0], 1 / 2.0, 1 / 3.0, H, W)
+    a, c = pre["cov2D"][0, 0] - 0.3, pre["cov2D"][0, 2] - 0.3
+    fxp, fyp = 2.0 * W / 2, 3.0 * H / 2
+    assert math.isclose(float(a), (fxp * 0.05 / 5.0) ** 2, rel_tol=1e-4)
+    assert math.isclose(float(c), (fyp * 0.05 / 5.0) ** 2, rel_tol=1e-4)
+    assert torch.allclose(pre["means2D"][0], torch.tensor([ex, ey]), atol=1e-4)
+
+
+def test_alpha_depth_and_near_cull():
+    g, tr = _one_point(depth=5.0, opacity=0.5)
+    r = render_gaussians(g, tr, size=(15, 15), backend="torch")   # projects onto pixel (7, 7)
+    covered = r.alpha > 0
+    assert covered.any() and (r.alpha <= 0.5 + 1e-6).all()
+    assert math.isclose(float(r.alpha[0, 0, 7, 7]), 0.5, rel_tol=1e-6)
+    assert torch.allclose(r.depth[covered], torch.tensor(5.0), atol=1e-5)
+    assert (r.depth[~covered] == 0).all()
+    # colour = c * alpha with a zero background
+    assert torch.allclose(r.features, torch.tensor([1.0, 2.0])[None, :, None, None] * r.alpha, atol=1e-6)
+    near = render_gaussians(g, look_at_transform((0.0, 0.0, 0.2))[None], size=(16, 16), backend="torch")
+    assert (near.radii == 0).all() and (near.alpha == 0).all()
+
+
+def test_early_stop_and_alpha_clamp(kit):
+    # coincident opaque Gaussians: alpha clamps at 0.99; the 2nd would leave T = 0.01 * 0.01, which
+    # is just under 1e-4 in float32 -> compositing stops before it
+    n = 6
+    g = {"xyz": torch.zeros(1, n, 3), "colors": torch.arange(1.0, n + 1)[None, :, None],
+         "opacities": torch.ones(1, n, 1), "scales": torch.full((1, n, 3), 0.05),
+         "rotations": torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4)}
+    g["xyz"][0, :, 2] = torch.linspace(0.0, 0.5, n)    # nearer to the camera = larger index
+    tr = look_at_transform((0.0, 0.0, 5.0))
+    r = render_gaussians(g, tr[None], size=(9, 9), backend="torch")
+    assert math.isclose(float(r.features[0, 0, 4, 4]), n * 0.99, rel_tol=1e-6)   # front-most only
+    assert math.isclose(float(r.alpha[0, 0, 4, 4]), 0.99, rel_tol=1e-6)
+    ref, _ = kit.reference_rasterizer.render_gagavatar(g["xyz"][0], g["colors"][0], g["opacities"][0],
+                                                           g["scales"][0], g["rotations"][0], tr, size=9)
+    assert torch.allclose(r.features[0], ref, atol=1e-6)
+
+
+def test_chunked_equals_unchunked(render_case):
+    i, s = render_case["inputs"], render_case["settings"]
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
+    args = (i["means"][None], cov, i["colors"][None], i["opacities"][None], i["viewmatrix"][None],
+            i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 64, 64)
+    full = rasterizer_torch.rasterize(*args)
+    small = rasterizer_torch.rasterize(*args, max_pairs=500)
+    for a, b in zip(full, small):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gsplat_camera_matches_projection(render_case):
+    from gsplat.cuda._torch_impl import _fully_fused_projection
+
+    i, s = render_case["inputs"], render_case["settings"]
+    tr = torch.stack([i["cam_matrix"], look_at_transform((1.0, -0.5, 8.0))])
+    H, W, focal, center = 96, 128, (12.0, 10.0), (0.1, -0.2)
+    viewmats, Ks = rasterizer_gsplat.gsplat_camera(tr, focal, (H, W), center)
+    assert viewmats.shape == (2, 1, 4, 4) and Ks.shape == (2, 1, 3, 3)
+    vm, K = transform_to_opencv(tr, focal, (H, W), center)
+    assert torch.equal(viewmats[:, 0], vm) and torch.equal(Ks[:, 0], K)
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])
+    V, P, _ = build_camera_matrices(tr, focal, center)
+    for b in range(2):
+        radii, means2d, depths, conics, _ = _fully_fused_projection(
+            i["means"][None], cov[None], viewmats[b:b + 1], Ks[b:b + 1], W, H, eps2d=0.3, near_plane=0.2)
+        pre = rasterizer_torch.preprocess(i["means"], cov, V[b], P[b], 1 / focal[0], 1 / focal[1], H, W)
+        both = pre["valid"] & (radii[0, 0] > 0).all(-1)
+        assert both.sum() > 100
+        assert torch.allclose(means2d[0, 0][both], pre["means2D"][both] + 0.5, atol=1e-3)
+        assert torch.allclose(depths[0, 0][both], pre["depth"][both], rtol=1e-5)
+        assert torch.allclose(conics[0, 0][both], pre["conic"][both], rtol=2e-3, atol=1e-6)
+
+
+def test_gsplat_needs_cuda(render_case):
+    with pytest.raises(GAGAvatarError, match="CUDA.*backend='torch'"):
+        render_gaussians(_gaussians(render_case), render_case["inputs"]["cam_matrix"], size=(16, 16),
+                         backend="gsplat")
+
+
+def test_auto_uses_torch_on_cpu(render_case):
+    g = _gaussians(render_case)
+    a = render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(24, 24))
+    t = render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(24, 24), backend="torch")
+    assert torch.equal(a.features, t.features)
+    with pytest.raises(ValueError):
+        render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(24, 24), backend="cycles")
+
+
+def test_dense_offcentre_scene_matches_port(kit):
+    # deep overlapping stacks (early stop), non-square, per-axis focal, principal-point offset, chunking
+    gen = torch.Generator().manual_seed(3)
+    n = 1500
+    g = {"xyz": torch.randn(1, n, 3, generator=gen) * 0.3, "colors": torch.rand(1, n, 4, generator=gen),
+         "opacities": torch.rand(1, n, 1, generator=gen), "scales": 0.01 + 0.05 * torch.rand(1, n, 3, generator=gen),
+         "rotations": torch.randn(1, n, 4, generator=gen)}
+    tr = look_at_transform((0.5, 0.3, 6.0))[None]
+    focal, center, H, W = (4.0, 5.0), (0.15, -0.1), 40, 56
+    V, P, _ = build_camera_matrices(tr, focal, center)
+    cov = covariance_from_scale_rotation(g["scales"][0], g["rotations"][0])
+    ref, radii = kit.reference_rasterizer.render(g["xyz"][0], g["colors"][0], g["opacities"][0], V[0], P[0],
+                                                 1 / focal[0], 1 / focal[1], H, W, cov3D_precomp=cov.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]])
+    mine = rasterizer_torch.rasterize(g["xyz"], cov[None], g["colors"], g["opacities"], V, P,
+                                      1 / focal[0], 1 / focal[1], H, W, max_pairs=3000)
+    assert torch.equal(mine[3][0], radii)
+    kit.compare.check_stats(ref, mine[0][0], "render_case")
+    assert (mine[1] > 0.99).float().mean() > 0.1     # many pixels saturate
+
+
+@pytest.mark.parametrize("max_pairs", [rasterizer_torch.MAX_PAIRS, 500])
+def test_differentiable_path_equals_the_fast_path(render_case, max_pairs):
+    """Inputs that require grad take the out-of-place compositing (training): same image, alpha, depth."""
+    i, s = render_case["inputs"], render_case["settings"]
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
+    colors = i["colors"][None].clone()
+    args = lambda c: (i["means"][None], cov, c, i["opacities"][None], i["viewmatrix"][None],  # noqa: E731
+                      i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 64, 64)
+    fast = rasterizer_torch.rasterize(*args(colors), max_pairs=max_pairs)
+    leaf = colors.requires_grad_()
+    slow = rasterizer_torch.rasterize(*args(leaf), max_pairs=max_pairs)
+    assert slow[0].requires_grad
+    for a, b in zip(fast[:3], slow[:3]):
+        assert torch.allclose(a, b.detach(), atol=1e-6)
+    # and the gradients reach the colours
+    slow[0].sum().backward()
+    assert leaf.grad.abs().sum() > 0
