@@ -2,7 +2,7 @@
 
 A :class:`Job` runs ``work(progress, cancel)``, a function that never touches bpy, either in a
 worker thread (interactive sessions: a modal operator polls it from a timer, see
-``operators/jobs.py``) or inline (background mode and scripts: the operator runs to completion).
+``operators/job_operator.py``) or inline (background mode and scripts: the operator runs to completion).
 Its outcome is ``result`` or ``error``; the Blender data is made afterwards, on the main thread,
 so a failed or cancelled job leaves the scene as it was.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import bpy
 
-from . import cache, gaussians
+from . import cache, deps, gaussians
 
 MODEL_FILE = "GAGAvatar.pt"
 FLAME_FILE = "FLAME_with_eye.pt"
@@ -34,22 +34,53 @@ def resolve_device(choice: str) -> str:
     return choice.lower()
 
 
+ASSET_SUBFOLDER = "assets"
+"""Default asset folder inside the extension's user folder (``extension_path_user(<package>, path="assets")``)."""
+
+
+def asset_folder(prefs) -> Path:
+    """The asset folder, where assets are looked for and downloaded to: the preference, else
+    ``$GAGAVATAR_ASSETS`` (read now, so each render-farm node uses its own), else the extension's
+    user folder ``assets/`` (the only place the add-on writes to by default).
+
+    Raises:
+        AssetError: the folder is a file.
+    """
+    from ..engine.assets import ENV_VAR
+    from ..engine.errors import AssetError
+    if prefs.assets_folder:
+        folder, origin = Path(bpy.path.abspath(prefs.assets_folder)), "the Asset Folder preference"
+    elif os.environ.get(ENV_VAR):
+        folder, origin = Path(os.environ[ENV_VAR]).expanduser(), f"${ENV_VAR}"
+    else:
+        folder = Path(bpy.utils.extension_path_user(deps.root_package(), path=ASSET_SUBFOLDER, create=False))
+        origin = "the extension's user folder"
+    if folder.exists() and not folder.is_dir():
+        raise AssetError(f"the asset folder {folder} (from {origin}) is a file: point it at a folder")
+    return folder
+
+
 def asset_paths(prefs) -> tuple[Path, Path]:
-    """``(GAGAvatar.pt, FLAME)`` paths from the preferences (explicit paths, else the asset folder,
-    whose default is ``$GAGAVATAR_ASSETS``, else the engine's user data folder).
+    """``(GAGAvatar.pt, FLAME)`` paths from the preferences: explicit paths, else the files in
+    :func:`asset_folder`; when neither the preference nor ``$GAGAVATAR_ASSETS`` names a folder,
+    files already downloaded by the command line (``gagavatar assets download``, the engine's
+    user data folder) are used too (read only).
 
     Raises:
         AssetError: a file is missing (the message says where it was looked for and what to do).
     """
-    from ..engine.assets import find_assets
+    from ..engine.assets import ENV_VAR, user_data_dir
     from ..engine.errors import AssetError
-    folder = find_assets(bpy.path.abspath(prefs.assets_folder) if prefs.assets_folder else None)
+    folder = asset_folder(prefs)
+    fallback = None if prefs.assets_folder or os.environ.get(ENV_VAR) else user_data_dir()
     paths = []
     for explicit, name in ((prefs.model_path, MODEL_FILE), (prefs.flame_path, FLAME_FILE)):
         path = Path(bpy.path.abspath(explicit)) if explicit else folder / name
+        if not explicit and not path.is_file() and fallback is not None and (fallback / name).is_file():
+            path = fallback / name
         if not path.is_file():
             raise AssetError(f"{name} not found at {path}: use Download Assets in the GAGAvatar preferences, "
-                             "or set the asset folder (default: $GAGAVATAR_ASSETS) to the folder that has it")
+                             f"or set the asset folder (default: ${ENV_VAR}) to the folder that has it")
         paths.append(path)
     return paths[0], paths[1]
 

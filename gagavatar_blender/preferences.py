@@ -13,8 +13,8 @@ class GAGAVATAR_AP_preferences(bpy.types.AddonPreferences):
 
     assets_folder: bpy.props.StringProperty(
         name="Asset Folder", subtype="DIR_PATH",
-        description="Folder with GAGAvatar.pt and FLAME_with_eye.pt (empty: $GAGAVATAR_ASSETS, "
-                    "else the user data folder gagavatar/)")
+        description="Folder with GAGAvatar.pt and FLAME_with_eye.pt, where Download Assets puts them "
+                    "(empty: $GAGAVATAR_ASSETS, else the extension's user folder)")
     model_path: bpy.props.StringProperty(
         name="GAGAvatar.pt", subtype="FILE_PATH",
         description="GAGAvatar checkpoint; empty: GAGAvatar.pt in the asset folder")

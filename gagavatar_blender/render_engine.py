@@ -43,6 +43,29 @@ def render_size(scene) -> tuple[int, int]:
     return max(1, int(scene.render.resolution_x * scale)), max(1, int(scene.render.resolution_y * scale))
 
 
+def colour_warning(scene) -> str:
+    """A one-line warning when the scene's colour management would change the network's colours, else "".
+
+    The network outputs display-ready sRGB, which the engine decodes to scene-linear; only the
+    "Standard" view transform (no look, exposure 0, gamma 1) encodes it back unchanged. AgX
+    (Blender's default) or Filmic compress it and make it look washed out.
+    """
+    view = scene.view_settings
+    if scene.display_settings.display_device != "sRGB":
+        return ""  # another display: its own transform is the user's choice
+    changed = []
+    if view.view_transform != "Standard":
+        changed.append(f"view transform '{view.view_transform}'")
+    if view.look not in ("None", ""):
+        changed.append(f"look '{view.look}'")
+    if abs(view.exposure) > 1e-6 or abs(view.gamma - 1.0) > 1e-6 or view.use_curve_mapping:
+        changed.append("exposure, gamma or curves")
+    if not changed:
+        return ""
+    return (f"GAGAvatar: {', '.join(changed)} will alter the network's sRGB colours (AgX looks washed out): "
+            "use Color Management > View Transform 'Standard', look 'None'")
+
+
 class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
     """Neural rendering of GAGAvatar heads."""
 
@@ -70,6 +93,14 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
         width, height = render_size(scene)
         self.add_pass(COARSE_PASS, 3, "RGB", layer=layer.name)
         camera = scene.camera
+        if camera is None:
+            message = "GAGAvatar: the scene has no active camera: add one (or set Scene > Camera)"
+            self.report({"ERROR"}, message)
+            self.error_set(message)
+            return
+        warning = colour_warning(scene)
+        if warning:
+            self.report({"WARNING"}, warning)
         self.update_stats("", "GAGAvatar: preparing")
 
         def progress(done, total):

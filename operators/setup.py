@@ -1,7 +1,7 @@
 """Setup operators: Python dependencies, asset download, cached networks, job cancellation."""
 import bpy
 
-from ..gagavatar_blender import cache, deps, jobs, preferences
+from ..gagavatar_blender import cache, deps, jobs, networks, preferences
 from .job_operator import JobOperator
 
 
@@ -13,6 +13,29 @@ class GAGAVATAR_OT_free_memory(bpy.types.Operator):
     def execute(self, context):
         n = cache.free()
         self.report({"INFO"}, f"Freed {n} cached network(s) and avatar(s)")
+        return {"FINISHED"}
+
+
+class GAGAVATAR_OT_add_pass_outputs(bpy.types.Operator):
+    """Write every GAGAvatar pass (Image with alpha, Coarse, Depth) to OpenEXR files with each rendered frame"""
+    bl_idname = "gagavatar.add_pass_outputs"
+    bl_label = "Add Pass Outputs"
+    bl_options = {"REGISTER", "UNDO"}
+
+    directory: bpy.props.StringProperty(name="Folder", subtype="DIR_PATH", default="//passes/",
+                                        description="Where the EXR files go (// is the .blend's folder)")
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene.render.engine != "GAGAVATAR":
+            cls.poll_message_set("Set the render engine to GAGAvatar first (its passes feed the outputs)")
+            return False
+        return True
+
+    def execute(self, context):
+        from ..gagavatar_blender import compositor
+        compositor.add_pass_outputs(context.scene, context.view_layer, self.directory)
+        self.report({"INFO"}, f"Each rendered frame writes Image, Coarse and Depth EXRs to {self.directory}")
         return {"FINISHED"}
 
 
@@ -84,13 +107,12 @@ class GAGAVATAR_OT_download_assets(JobOperator, bpy.types.Operator):
         col.prop(self, "accept_license")
 
     def make_job(self, context):
-        from ..engine.assets import download_assets, find_assets
+        from ..engine.assets import download_assets
         from ..engine.errors import AssetError
         if not self.accept_license:
             raise AssetError("the download needs the FLAME licence accepted: register at https://flame.is.tue.mpg.de "
                              "and tick 'I accept the FLAME licence'")
-        prefs = preferences.get(context)
-        folder = find_assets(bpy.path.abspath(prefs.assets_folder) if prefs.assets_folder else None)
+        folder = networks.asset_folder(preferences.get(context))
 
         def work(progress, cancel):
             def bytes_done(done, total):
@@ -104,5 +126,6 @@ class GAGAVATAR_OT_download_assets(JobOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (GAGAVATAR_OT_free_memory, GAGAVATAR_OT_cancel_job, GAGAVATAR_OT_install_dependencies,
+classes = (GAGAVATAR_OT_free_memory, GAGAVATAR_OT_add_pass_outputs, GAGAVATAR_OT_cancel_job,
+           GAGAVATAR_OT_install_dependencies,
            GAGAVATAR_OT_download_assets)

@@ -1,7 +1,7 @@
 """Thin panels: the GAGAvatar tab of the 3D viewport sidebar and the engine's render settings."""
 import bpy
 
-from ..gagavatar_blender import deps, preferences, properties, rig
+from ..gagavatar_blender import deps, preferences, properties, render_engine, rig
 
 
 class GAGAVATAR_PT_main(bpy.types.Panel):
@@ -79,12 +79,14 @@ class GAGAVATAR_PT_render(bpy.types.Panel):
         layout.prop(prefs, "device")
         layout.prop(prefs, "viewport_mode")
         layout.prop(context.view_layer, "use_pass_z", text="Depth Pass")
-        view = context.scene.view_settings
-        if view.view_transform != "Standard" or view.look != "None":
+        if render_engine.colour_warning(context.scene):
+            view = context.scene.view_settings
             col = layout.column()
             col.label(text="The network outputs display-ready sRGB:", icon="ERROR")
-            col.label(text="use the Standard view transform, no look")
+            col.label(text="use the Standard view transform, no look (AgX washes it out)")
             col.prop(view, "view_transform")
+            col.prop(view, "look")
+        layout.operator("gagavatar.add_pass_outputs", icon="NODE_COMPOSITING")
         layout.operator("gagavatar.free_memory", icon="TRASH")
 
 

@@ -344,6 +344,284 @@ def test_failures_leave_the_scene_as_it_was(avatar, installed, photo, tmp_path):
     assert snapshot() == before
 
 
+def _official_pkl(path, T=5):
+    """The official tracker's smoothed.pkl: {frame name: record}, natural order, zero global pose."""
+    import pickle
+    from gagavatar.engine.cameras import transform_from_pose
+    g = torch.Generator().manual_seed(1)
+    turn = torch.stack([torch.tensor([0.0, 0.08 * t, 0.0]) for t in range(T)])
+    transform = transform_from_pose(turn, torch.tensor([0.0, 0.0, 9.5]).expand(T, 3)).numpy()
+    records = {f"frame_{t}.jpg": {"expcode": torch.randn(100, generator=g).numpy(),
+                                  "posecode": np.concatenate([np.zeros(3), 0.1 * t * np.ones(3)]).astype(np.float32),
+                                  "eyecode": np.zeros(6, np.float32), "transform_matrix": transform[t]}
+               for t in range(T)}
+    with open(path, "wb") as f:
+        pickle.dump(records, f)
+    return records
+
+
+def _keys(avatar, name="Exp001"):
+    """(frames, values) of an expression key's F-curve (layered actions in 5.0: through the channelbag)."""
+    key = avatar.gagavatar.flame.data.shape_keys
+    fcurve = ext("gagavatar_blender.fcurves").ensure_fcurve(key, f'key_blocks["{name}"].value')
+    co = np.empty(2 * len(fcurve.keyframe_points))
+    fcurve.keyframe_points.foreach_get("co", co)
+    return co[0::2], co[1::2]
+
+
+def test_import_driving_from_the_official_trackers_pkl(avatar, tmp_path):
+    """smoothed.pkl at the official 25 fps onto a 25 fps scene from frame 301: one key per record."""
+    import bpy
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    records = _official_pkl(tmp_path / "smoothed.pkl")
+    assert bpy.ops.gagavatar.import_driving(filepath=str(tmp_path / "smoothed.pkl"), start_frame=301,
+                                            head_motion="NONE") == {"FINISHED"}
+    assert (scene.frame_start, scene.frame_end) == (301, 305)  # Set Frame Range (default)
+    frames, values = _keys(avatar)
+    inside = (frames >= 301) & (frames <= 305)
+    assert frames[inside].tolist() == [301, 302, 303, 304, 305]
+    assert np.allclose(values[inside], [records[f"frame_{t}.jpg"]["expcode"][0] for t in range(5)], atol=1e-6)
+    scene.frame_set(304)
+    jaw = avatar.gagavatar.rig.pose.bones["jaw"].rotation_quaternion
+    want = ext("gagavatar_blender.rig").axis_angle_to_quaternion(records["frame_3.jpg"]["posecode"][3:])
+    assert abs(abs(np.dot(want, list(jaw))) - 1.0) < 1e-6
+
+
+def test_import_driving_from_a_video_tracks_it_on_the_fly(avatar, tmp_path):
+    """A 12.5 fps clip (4 frames) onto a 25 fps scene: tracked with the engine's tracker, then keyed
+    every frame (7 keys: every other one interpolated)."""
+    import bpy
+    import cv2
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    face = cv2.resize(skimage.data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 12.5, (256, 256))
+    for t in range(4):
+        writer.write(cv2.cvtColor(np.roll(face, 3 * t, axis=1), cv2.COLOR_RGB2BGR))
+    writer.release()
+    assert bpy.ops.gagavatar.import_driving(filepath=str(tmp_path / "clip.mp4"), start_frame=401,
+                                            head_motion="HEAD") == {"FINISHED"}
+    assert (scene.frame_start, scene.frame_end) == (401, 407)
+    frames, _ = _keys(avatar, "Exp002")
+    assert frames[(frames >= 401) & (frames <= 407)].tolist() == list(range(401, 408))
+    root = avatar.gagavatar.rig.pose.bones["root"]
+    assert root.id_data.animation_data.action is not None  # the head root follows the tracked head
+    scene.frame_set(401)
+
+
+def test_bad_driving_files_are_refused_with_one_line_and_change_nothing(avatar, tmp_path):
+    import bpy
+    keyed = _keys(avatar)
+    before = snapshot()
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    for name, message in (("missing.npz", "not found"), ("notes.txt", "cannot drive from notes.txt"),
+                          ("broken.npz", "not a readable .npz"), ("broken.mp4", "")):
+        with pytest.raises(RuntimeError) as err:
+            bpy.ops.gagavatar.import_driving(filepath=str(tmp_path / name))
+        text = str(err.value).strip()
+        assert message in text and "\n" not in text and "Traceback" not in text, text
+    assert snapshot() == before
+    assert all(np.array_equal(a, b) for a, b in zip(_keys(avatar), keyed))
+
+
+def test_rendering_needs_a_camera_and_warns_about_agx(avatar, tmp_path, capfd):
+    import bpy
+    scene = bpy.context.scene
+    camera, scene.camera = scene.camera, None
+    try:
+        with pytest.raises(RuntimeError, match="camera"):
+            bpy.ops.render.render()
+    finally:
+        scene.camera = camera
+    warn = ext("gagavatar_blender.render_engine").colour_warning
+    assert warn(scene) == ""  # create_avatar set up Standard
+    scene.view_settings.view_transform = "AgX"
+    try:
+        assert "AgX" in warn(scene) and "Standard" in warn(scene)
+        capfd.readouterr()
+        scene.render.resolution_percentage = 25  # only the warning matters here
+        bpy.ops.render.render()
+        assert "washed out" in "".join(capfd.readouterr())
+    finally:
+        scene.view_settings.view_transform = "Standard"
+        scene.render.resolution_percentage = 100
+
+
+def test_rendered_viewport_picks_points_on_the_cpu(avatar, installed):
+    """view_draw's choice (no GPU drawing headless): the network on a GPU device or when forced,
+    every fourth lifted Gaussian as a coloured point on the CPU."""
+    viewport = ext("gagavatar_blender.viewport")
+    device, mode = installed.device, installed.viewport_mode
+    try:
+        installed.device, installed.viewport_mode = "CPU", "AUTO"
+        assert not viewport.neural_viewport(installed)
+        installed.viewport_mode = "NEURAL"
+        assert viewport.neural_viewport(installed)
+        installed.device, installed.viewport_mode = "AUTO", "POINTS"
+        assert not viewport.neural_viewport(installed)
+    finally:
+        installed.device, installed.viewport_mode = device, mode
+    xyz, rgba = viewport.point_cloud(avatar.gagavatar.gaussians.data)
+    lifted = 180255 - 5023
+    assert xyz.shape == (-(-lifted // 4), 3) and rgba.shape == (len(xyz), 4)
+    assert 0.0 <= rgba.min() and rgba.max() <= 1.0
+
+
+def _source_view_camera(avatar):
+    """A new camera seeing the head, at the current frame, as the source photo's camera did."""
+    import bpy
+    from mathutils import Matrix
+    from gagavatar.engine.cameras import FOCAL, transform_to_blender
+    settings = avatar.gagavatar
+    _, head_world, _ = next(ext("gagavatar_blender.scene_views").posed_avatars(bpy.context.evaluated_depsgraph_get()))
+    head_matrix, lens, sensor = transform_to_blender(torch.tensor(settings.source_transform).view(3, 4), FOCAL)
+    loc, rot, _ = Matrix((head_world @ head_matrix.double().numpy()).tolist()).decompose()
+    data = bpy.data.cameras.new("source_view")
+    data.lens, data.sensor_width, data.sensor_fit, data.clip_start = lens, sensor, "HORIZONTAL", 0.01
+    camera = bpy.data.objects.new("source_view", data)
+    bpy.context.scene.collection.objects.link(camera)
+    camera.matrix_world = Matrix.LocRotScale(loc, rot, None)
+    return camera
+
+
+def test_add_pass_outputs_writes_every_pass_through_the_50_compositor(avatar, tmp_path):
+    """gagavatar.add_pass_outputs on a scene without a compositor: Blender 5.0's compositor node
+    group is made (Render Layers -> Group Output, no Composite node) and each frame writes the
+    Image (RGBA), Coarse and Depth EXRs; the render result is still the render."""
+    import bpy
+    scene = bpy.context.scene
+    previous = scene.compositing_node_group
+    scene.compositing_node_group = None
+    scene.render.engine = "BLENDER_EEVEE"
+    assert not bpy.ops.gagavatar.add_pass_outputs.poll()
+    scene.render.engine = "GAGAVATAR"
+    try:
+        folder = str(tmp_path / "exr") + os.sep
+        assert bpy.ops.gagavatar.add_pass_outputs(directory=folder) == {"FINISHED"}
+        tree = scene.compositing_node_group
+        assert tree is not None and not [n for n in tree.nodes if n.bl_idname == "CompositorNodeComposite"]
+        output = next(n for n in tree.nodes if n.bl_idname == "NodeGroupOutput")
+        assert output.inputs[0].links[0].from_socket.name == "Image"
+        out = tree.nodes["GAGAvatar Passes"]
+        assert {link.from_socket.name for link in tree.links if link.to_node == out} == {"Image", "Coarse", "Depth"}
+        assert bpy.ops.gagavatar.add_pass_outputs(directory=folder) == {"FINISHED"}  # replaces, not duplicates
+        assert len([n for n in tree.nodes if n.bl_idname == "CompositorNodeOutputFile"]) == 1
+        scene.frame_set(1)
+        scene.camera = _source_view_camera(avatar)  # earlier tests keyed the head and the cameras
+        scene.render.resolution_percentage = 25
+        scene.render.image_settings.file_format, scene.render.image_settings.color_mode = "PNG", "RGB"
+        scene.render.filepath = str(tmp_path / "still_")
+        frame_range, (scene.frame_start, scene.frame_end) = (scene.frame_start, scene.frame_end), (1, 1)
+        bpy.ops.render.render(animation=True)
+        scene.frame_start, scene.frame_end = frame_range
+        image = _exr(tmp_path / "exr" / "gagavatar_Image0001.exr")
+        depth = _exr(tmp_path / "exr" / "gagavatar_Depth0001.exr")[..., 0]
+        coarse = _exr(tmp_path / "exr" / "gagavatar_Coarse0001.exr")
+        assert image.shape[-1] == 4 and image[..., 3].max() > 0.5 and coarse[..., :3].max() > 0.0
+        assert depth.min() < 1e9  # the head's depth where it is drawn
+        png = np.asarray(Image.open(tmp_path / "still_0001.png"), dtype=np.float64) / 255.0
+        linear = image[..., :3]
+        srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.clip(linear, 0, None) ** (1 / 2.4) - 0.055)
+        assert np.abs(srgb - png).max() <= 1.0 / 255 + 1e-4  # the group output is the render
+    finally:
+        scene.compositing_node_group = previous
+        scene.render.resolution_percentage = 100
+        scene.camera = avatar.gagavatar.camera
+
+
+def test_missing_dependencies_disable_the_operators_with_the_reason(installed, monkeypatch):
+    import bpy
+    deps = ext("gagavatar_blender.deps")
+    # a requirement pip rejects offline, at once (a local path that does not exist)
+    monkeypatch.setitem(deps.REQUIRED, "gagavatar_no_such_module", "/nonexistent/gagavatar-no-such-package")
+    assert deps.missing() == ["gagavatar_no_such_module"]
+    assert not bpy.ops.gagavatar.create_avatar.poll()
+    with pytest.raises(RuntimeError, match=r"Missing Python packages \(gagavatar_no_such_module\)"):
+        bpy.ops.gagavatar.create_avatar(filepath="x.png")
+    # Install Dependencies runs pip into the extension's user site-packages; its failure is one line.
+    assert bpy.ops.gagavatar.install_dependencies.poll()
+    with pytest.raises(RuntimeError, match="pip install failed: .*gagavatar-no-such-package") as err:
+        bpy.ops.gagavatar.install_dependencies()
+    assert "\n" not in str(err.value).strip()
+    site = Path(bpy.utils.extension_path_user(MODULE, path="site-packages"))
+    assert site.is_dir() and Path(bpy.utils.user_resource("EXTENSIONS")) in site.parents
+
+
+def test_download_assets_writes_into_the_extensions_user_folder(installed, assets_dir, monkeypatch):
+    """With no asset folder set (no preference, no $GAGAVATAR_ASSETS) Download Assets writes under
+    extension_path_user(<package>, "assets") and the add-on then finds its assets there."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+    import bpy
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(assets_dir))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(ext("engine.assets"), "BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.delenv("GAGAVATAR_ASSETS")
+    networks = ext("gagavatar_blender.networks")
+    folder = networks.asset_folder(installed)
+    try:
+        assert folder == Path(bpy.utils.extension_path_user(MODULE, path="assets"))
+        assert Path(bpy.utils.user_resource("EXTENSIONS")) in folder.parents
+        assert bpy.ops.gagavatar.download_assets(accept_license=True) == {"FINISHED"}
+        assert networks.asset_paths(installed) == (folder / "GAGAvatar.pt", folder / "FLAME_with_eye.pt")
+        assert (folder / "FLAME_with_eye.pt").read_bytes() == (assets_dir / "FLAME_with_eye.pt").read_bytes()
+    finally:
+        server.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_avatars_are_composited_by_depth(avatar, photo):
+    """A second avatar from the same photo, 0.3 m further from the camera and 0.3 m to the side:
+    the scene renders both, the nearer one over the farther one pixel by pixel (premultiplied
+    "over"), with the nearer depth; each is what it renders alone."""
+    import bpy
+    from mathutils import Matrix
+    scene = bpy.context.scene
+    scene.frame_set(1)
+    assert bpy.ops.gagavatar.create_avatar(filepath=str(photo), setup_scene=False) == {"FINISHED"}
+    second = bpy.context.active_object
+    assert second != avatar and second.gagavatar.is_avatar and scene.camera != second.gagavatar.camera
+    camera = _source_view_camera(avatar)
+    camera.data.lens /= 2  # the near head's crop spans the middle half of the frame
+    scene.camera = camera
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    _, head_world, _ = next(r for r in ext("gagavatar_blender.scene_views").posed_avatars(depsgraph) if r[0] == avatar)
+    forward, right = -np.array(camera.matrix_world)[:3, 2], np.array(camera.matrix_world)[:3, 0]
+    second.matrix_world = Matrix.Translation((0.3 * forward + 0.3 * right).tolist()) @ Matrix(head_world.tolist())
+    render_scene = ext("gagavatar_blender.render_engine").render_scene
+    camera_intrinsics = ext("gagavatar_blender.scene_views").camera_intrinsics
+
+    def render(*hidden):
+        for root in (avatar, second):
+            for obj in [root, *root.children_recursive]:
+                obj.hide_viewport = root in hidden
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        return render_scene(depsgraph, camera.matrix_world, camera_intrinsics(depsgraph, camera, 128, 128))
+    try:
+        both, near, far = render(), render(second), render(avatar)
+    finally:
+        for obj in [avatar, *avatar.children_recursive, second, *second.children_recursive]:
+            obj.hide_viewport = False
+        scene.camera = avatar.gagavatar.camera
+        bpy.data.objects.remove(camera)
+    covered = (near.combined[..., 3] > 0.5) & (far.combined[..., 3] > 0.5)
+    assert covered.any() and ((far.combined[..., 3] > 0.5) & (near.combined[..., 3] == 0)).any()
+    assert (near.depth[covered] < far.depth[covered]).all()
+    assert np.allclose(both.depth[covered], near.depth[covered], rtol=1e-5)
+    over = near.combined + (1.0 - near.combined[..., 3:]) * far.combined
+    assert np.abs(both.combined - over).max() < 1e-4
+    assert np.allclose(both.coarse, near.coarse + (1.0 - near.combined[..., 3:]) * far.coarse, atol=1e-4)
+    for obj in [second, *second.children_recursive]:  # back to one avatar for the tests below
+        bpy.data.objects.remove(obj)
+
+
 def _render_still(path):
     import bpy
     scene = bpy.context.scene

@@ -23,8 +23,14 @@ def assets_env(assets_dir, monkeypatch):
 
 def test_help_and_version_via_python_m():
     out = subprocess.run([sys.executable, "-m", "gagavatar", "--help"], capture_output=True, text=True, check=True)
-    for command in ("reconstruct", "render", "track", "info", "assets"):
+    for command in ("reconstruct", "render", "track", "info", "assets", "train", "evaluate", "build-dataset"):
         assert command in out.stdout
+
+
+def test_training_commands_are_part_of_the_cli(capsys):
+    assert run("train-config") == 0
+    out = capsys.readouterr().out
+    assert "[optim]" in out and "lr = 0.0001" in out
 
 
 def test_assets_check(assets_env, tmp_path, capsys):

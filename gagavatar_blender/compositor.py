@@ -1,0 +1,81 @@
+"""The compositor side: the scene's compositor node tree and a File Output for every GAGAvatar pass.
+
+Blender 5.0 changed the compositor's data model; both are handled here:
+
+* 5.0: the tree is a compositor node group in ``scene.compositing_node_group``; its Group Output is
+  the render result (there is no Composite node); the File Output node has ``directory``,
+  ``file_name`` and ``file_output_items``, and its format a ``media_type``.
+* 4.2-4.5: ``scene.use_nodes`` + ``scene.node_tree``; a Composite node is the render result; the
+  File Output node has ``base_path`` and ``file_slots``.
+"""
+from __future__ import annotations
+
+import bpy
+
+PASSES = (("Image", "RGBA"), ("Coarse", "RGBA"), ("Depth", "FLOAT"))
+"""Render Layers sockets written by :func:`add_pass_outputs` (``Image`` carries Combined's alpha)."""
+OUTPUT_NODE = "GAGAvatar Passes"
+
+
+def node_tree(scene, create: bool = True):
+    """The scene's compositor node tree, created (Render Layers -> result) if there is none and ``create``."""
+    if hasattr(scene, "compositing_node_group"):  # Blender 5.0
+        tree = scene.compositing_node_group
+        if tree is None and create:
+            tree = bpy.data.node_groups.new(f"{scene.name} Compositing", "CompositorNodeTree")
+            tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+            layers = tree.nodes.new("CompositorNodeRLayers")
+            result = tree.nodes.new("NodeGroupOutput")
+            tree.links.new(layers.outputs["Image"], result.inputs[0])
+            layers.location, result.location = (-300, 0), (200, 0)
+            scene.compositing_node_group = tree
+        return tree
+    if scene.node_tree is None and not create:  # Blender 4.2-4.5
+        return None
+    scene.use_nodes = True  # makes the default tree: Render Layers -> Composite
+    return scene.node_tree
+
+
+def render_layers_node(tree, scene, view_layer):
+    """The tree's Render Layers node for ``view_layer`` (added if missing)."""
+    for node in tree.nodes:
+        if node.bl_idname == "CompositorNodeRLayers" and node.scene in (None, scene) and node.layer == view_layer.name:
+            return node
+    node = tree.nodes.new("CompositorNodeRLayers")
+    node.scene, node.layer = scene, view_layer.name
+    node.location = (-300, -300)
+    return node
+
+
+def add_pass_outputs(scene, view_layer, directory: str, prefix: str = "gagavatar_"):
+    """Write Image (RGBA), Coarse and Depth to OpenEXR files per frame, ``<directory><prefix><pass><frame>.exr``.
+
+    Turns the Z pass on; replaces a File Output node made earlier by this function. Returns the node.
+    """
+    view_layer.use_pass_z = True
+    tree = node_tree(scene)
+    layers = render_layers_node(tree, scene, view_layer)
+    old = tree.nodes.get(OUTPUT_NODE)
+    if old is not None:
+        tree.nodes.remove(old)
+    out = tree.nodes.new("CompositorNodeOutputFile")
+    out.name = out.label = OUTPUT_NODE
+    out.location = (200, -300)
+    if hasattr(out.format, "media_type"):  # Blender 5.0: single-layer files
+        out.format.media_type = "IMAGE"
+    out.format.file_format = "OPEN_EXR"
+    out.format.color_depth = "32"
+    if hasattr(out, "file_output_items"):  # Blender 5.0
+        out.directory, out.file_name = directory, prefix
+        for name, kind in PASSES:
+            out.file_output_items.new(kind, name)
+        inputs = {name: out.inputs[name] for name, _ in PASSES}
+    else:  # Blender 4.2-4.5: the slot's path is the file name
+        out.base_path = directory
+        out.file_slots.clear()
+        for name, _ in PASSES:
+            out.file_slots.new(f"{prefix}{name}")
+        inputs = {name: out.inputs[f"{prefix}{name}"] for name, _ in PASSES}
+    for name, socket in inputs.items():
+        tree.links.new(layers.outputs[name], socket)
+    return out
