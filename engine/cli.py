@@ -196,7 +196,7 @@ def cmd_render(args) -> int:
                               expression=seq.expression[sl].to(device),
                               pose=torch.cat([torch.zeros(stop - start, 3, device=device), seq.jaw[sl].to(device)], -1),
                               eyes=seq.eyes[sl].to(device))
-                frame = model.render(avatar, verts, seq.transform[sl].to(device))
+                frame = model.render(avatar, verts, seq.transform[sl].to(device), precision=args.precision)
             rgb = (frame.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             for i, img in enumerate(rgb):
                 if as_video:
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=int, help="render at most N frames")
     d.add_argument("--fps", type=float, help="frame rate (default: the sequence's)")
     d.add_argument("--batch", type=int, default=1, help="frames per forward pass")
+    d.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="neural renderer precision (bf16: faster on GPUs, >= 45 dB from fp32)")
     d.add_argument("--overwrite", action="store_true")
     common(d)
     d.set_defaults(func=cmd_render)

@@ -14,6 +14,7 @@ Data flow::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import nn
 from .avatar import N_EXPRESSION, Avatar
 from .cameras import FOCAL, IMAGE_SIZE, PLANE_SIZE, build_points_planes
 from .dino_base import DINOBase
+from .fastpath import PinnedReadback, autocast, check_precision, compile_per_frame
 from .generators import ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
 from .rasterize import render_gaussians
 from .style_unet import StyleUNet
@@ -45,6 +47,16 @@ class Frame:
     coarse: torch.Tensor
     alpha: torch.Tensor
     depth: torch.Tensor
+
+    def to_host(self, readback: PinnedReadback | None = None) -> "Frame":
+        """This frame on the host (tensors already there are kept as they are).
+
+        With a :class:`~.fastpath.PinnedReadback` the four copies go through its page-locked
+        buffers with one wait (the result is overwritten by that readback's next call);
+        without, plain ``.cpu()`` copies.
+        """
+        tensors = (self.image, self.coarse, self.alpha, self.depth)
+        return Frame(*(readback(*tensors) if readback is not None else (t.cpu() for t in tensors)))
 
 
 def resize_for_dino(image: torch.Tensor) -> torch.Tensor:
@@ -70,6 +82,7 @@ class GAGAvatar(nn.Module):
         self.upsampler = StyleUNet(in_size=IMAGE_SIZE, in_dim=32, out_dim=3, out_size=IMAGE_SIZE)
         self.focal = FOCAL
         self.plane_size = PLANE_SIZE
+        self._compiled: dict[str, Callable[[torch.Tensor, bool, str], torch.Tensor]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -145,22 +158,44 @@ class GAGAvatar(nn.Module):
         return render_gaussians(gaussians, transform.to(xyz), focal=self.focal if focal is None else focal,
                                 size=(IMAGE_SIZE, IMAGE_SIZE), background=background, center=center, backend=backend)
 
-    def neural_renderer(self, coarse: torch.Tensor, randomize_noise: bool = False) -> torch.Tensor:
-        """StyleUNet: ``[B, 32, 512, 512]`` splatted features -> ``[B, 3, 512, 512]`` sRGB in 0..1.
+    def neural_renderer(self, coarse: torch.Tensor, randomize_noise: bool = False, precision: str = "fp32",
+                        compiled: bool = False) -> torch.Tensor:
+        """StyleUNet: ``[B, 32, 512, 512]`` splatted features -> ``[B, 3, 512, 512]`` sRGB in 0..1, float32.
 
         Deterministic by default (the checkpoint's stored noise); the official inference draws
         fresh noise per frame (``randomize_noise=True``), which flickers in video.
+
+        Args:
+            precision: ``"fp32"`` (official) or ``"bf16"``: the convolutions run under bf16
+                autocast, modulation, demodulation and the style MLP stay float32.
+            compiled: run through :func:`~.fastpath.compile_per_frame` (CUDA graphs on CUDA); the
+                first call per input shape and device type compiles.
         """
-        return self.upsampler(coarse, randomize_noise=randomize_noise)
+        check_precision(precision)
+        if not compiled:
+            return self._neural_renderer(coarse, randomize_noise, precision)
+        kind = coarse.device.type
+        if kind not in self._compiled:
+            self._compiled[kind] = compile_per_frame(self._neural_renderer, coarse.device)
+        return self._compiled[kind](coarse, randomize_noise, precision)
+
+    def _neural_renderer(self, coarse: torch.Tensor, randomize_noise: bool, precision: str) -> torch.Tensor:
+        """Eager :meth:`neural_renderer` (the function that ``compiled=True`` compiles)."""
+        with autocast(coarse.device, precision):
+            image = self.upsampler(coarse, randomize_noise=randomize_noise)
+        return image.float()
 
     @torch.no_grad()
     def render(self, avatar: Avatar, vertices: torch.Tensor, transform: torch.Tensor, focal=None,
                center=(0.0, 0.0), background: torch.Tensor | None = None, backend: str = "auto",
-               randomize_noise: bool = False) -> Frame:
+               randomize_noise: bool = False, precision: str = "fp32", compiled: bool = False) -> Frame:
         """Drive the avatar: ``[B, 5023, 3]`` FLAME vertices + ``[B, 3, 4]`` cameras -> :class:`Frame`.
 
-        Batched over frames (an avatar of batch 1 is shared by all B frames).
+        Batched over frames (an avatar of batch 1 is shared by all B frames). ``precision`` and
+        ``compiled`` apply to the neural renderer (see :meth:`neural_renderer`); the defaults are
+        the official fp32 eager computation. Nothing here waits for the device: on CUDA with
+        ``backend="gsplat"`` the only host sync is gsplat's own (its tile-intersection count).
         """
         r = self.splat(avatar, vertices.to(self.device), transform.to(self.device), focal, center, background, backend)
-        image = self.neural_renderer(r.features, randomize_noise=randomize_noise)
+        image = self.neural_renderer(r.features, randomize_noise, precision, compiled)
         return Frame(image=image, coarse=r.features, alpha=r.alpha, depth=r.depth)

@@ -51,8 +51,9 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
         size: ``(H, W)`` in pixels.
         background: ``[C]`` or ``[B, C]``; ``None`` = zeros.
         center: principal-point offset in NDC ``(cx, cy)``.
-        backend: ``"torch"`` (exact, any device), ``"gsplat"`` (CUDA only) or ``"auto"``
-            (gsplat on CUDA when importable, else torch).
+        backend: ``"torch"`` (exact, any device; on Apple MPS it runs on the CPU, as MPS has no
+            float64), ``"gsplat"`` (CUDA only) or ``"auto"`` (gsplat on CUDA when importable,
+            else torch).
 
     Returns:
         :class:`RenderResult`.
@@ -76,9 +77,15 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
     elif backend == "torch":
         fx, fy = _pair(focal)
         V, P, _ = build_camera_matrices(tr, (fx, fy), center)
-        out = rasterizer_torch.rasterize(xyz, covars, colors, gaussians["opacities"], V, P,
-                                         rasterizer_torch.tan_half_fov(fx), rasterizer_torch.tan_half_fov(fy),
+        args = (xyz, covars, colors, gaussians["opacities"], V, P)
+        if xyz.device.type == "mps":
+            # The exact kernel needs float64 (ndc2Pix, the footprint bounds), which MPS lacks:
+            # rasterize on the CPU (autograd follows the copies) and bring the result back.
+            args = tuple(t.cpu() for t in args)
+            background = None if background is None else background.cpu()
+        out = rasterizer_torch.rasterize(*args, rasterizer_torch.tan_half_fov(fx), rasterizer_torch.tan_half_fov(fy),
                                          size[0], size[1], background)
+        out = tuple(t.to(xyz.device) for t in out)
     else:
         raise ValueError(f"unknown backend {backend!r}: use 'auto', 'torch' or 'gsplat'")
     return RenderResult(*out)

@@ -15,14 +15,19 @@ reproduced step for step (conformance items 24-33):
 
 Instead of the kernel's per-pixel loop the image is cut into 8x8 pixel blocks and each block gets
 the depth-ordered list of the Gaussians that can reach ``alpha >= 1/255`` in it (inside the tile
-rect and the ``d^T conic d <= 2 ln(255 o)`` ellipse, bounded per block row). Blocks with lists of
-similar length are stacked into dense ``[blocks, L, 64]`` tensors: ``power``, ``alpha`` and the
-transmittance (a float32 ``cumprod`` along the list, the kernel's running product) are computed for
-all pixels at once, and the features are accumulated with one batched matrix product per stack.
-Gaussians are taken in depth-ordered chunks (a bounded number of pairs) with each pixel's
-transmittance carried from chunk to chunk, so memory stays bounded, and Gaussians whose blocks have
-all stopped compositing (``T < 1e-4``) are dropped before their pairs are made. The result agrees
-with the kernel up to float rounding (~1e-7 relative) and rare threshold flips (``alpha ~ 1/255``,
+rect and the ``d^T conic d <= 2 ln(255 o)`` ellipse, bounded per block row). The lists are
+composited ``WINDOW`` Gaussians at a time, blocks with windows of similar length stacked into dense
+``[blocks, L, 64]`` tensors: ``power`` (one float64 product of per-Gaussian quadratic coefficients
+with the blocks' pixel basis, rounded to float32), ``alpha`` and the transmittance (the float32
+running product along the list, taken in segments of ``SCAN``: within-segment products with one
+vectorized multiply per step, then a product across segments) are computed for all pixels at once,
+and the features are accumulated with one batched matrix product per stack. Each pixel's
+transmittance is carried from window to window; blocks whose pixels have all stopped compositing
+(``T < 1e-4``) are dropped between windows, and Gaussians whose blocks have all stopped are dropped
+before their pairs are made (Gaussians are taken in depth-ordered chunks of a bounded number of
+pairs, so memory stays bounded). A stopping pixel keeps ``T = T_in - sum(alpha T)`` over the
+window (the same product up to float rounding). The result agrees with the kernel up to float
+rounding (~1e-7 relative; ``1 - T`` within a few 1e-7) and rare threshold flips (``alpha ~ 1/255``,
 ``T ~ 1e-4``), like the conformance kit's port.
 """
 from __future__ import annotations
@@ -41,10 +46,15 @@ ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 SUB = 8
 """Side of the pixel blocks the compositing works on (a tile holds 2 x 2 of them)."""
-MAX_PAIRS = 1 << 24
+SCAN = 8
+"""Segment length of the running product: a product within segments (one vectorized multiply per
+step over all segments), then one across segments."""
+MAX_PAIRS = 1 << 25
 """(Gaussian, pixel) pairs per depth chunk; blocks that stopped compositing are skipped between chunks."""
-GROUP_PAIRS = 1 << 18
-"""(Gaussian, pixel) pairs per dense stack: its float32 temporaries stay in the CPU cache."""
+WINDOW = 64
+"""Gaussians of a block's list composited at once; blocks whose pixels all stopped are dropped between windows."""
+GROUP_PAIRS = 1 << 19
+"""(Gaussian, pixel) pairs per dense stack (its float32 temporaries are reused: 2 MiB each)."""
 _BELOW_ALPHA_MIN = float(torch.nextafter(torch.tensor(1.0) / 255.0, torch.tensor(0.0)))
 """The float32 just below ``1.0f / 255.0f``: ``alpha > _BELOW_ALPHA_MIN`` is the kernel's ``!(alpha < 1/255)``."""
 _BELOW_T_MIN = float(torch.nextafter(torch.tensor(T_MIN), torch.tensor(0.0)))
@@ -144,44 +154,42 @@ class _Footprints:
 
     Attributes:
         order: ``[K]`` Gaussian indices sorted by view depth (ties by index); row ``k`` of the
-            attributes below and the Gaussian's "rank" ``k`` refer to Gaussian ``order[k]``.
-        rank: ``[K']`` the ranks still to composite (shrinks as chunks are taken and culled).
-        box: ``[K', 4]`` int64 inclusive pixel box ``x0, x1, y0, y1``: the tile rect clipped to
+            tables below and the Gaussian's "rank" ``k`` refer to Gaussian ``order[k]``.
+        box: ``[K, 4]`` int64 inclusive pixel box ``x0, x1, y0, y1``: the tile rect clipped to
             the image and to the bounding box of the ellipse ``d^T conic d <= 2 ln(255 o)`` (the
             whole rect for risky conics, see :func:`_risky_conic`).
-        ellipse: ``[K', 8]`` float64 ``mean x, y, conic a, b, c``, the ellipse's limit, the row
+        ellipse: ``[K, 8]`` float64 ``mean x, y, conic a, b, c``, the ellipse's limit, the row
             offset of its leftmost / rightmost points, and 1 for risky conics.
+        rank: ``[K']`` the ranks still to composite, ascending (shrinks as chunks are taken and culled).
+        block_box: ``[K', 4]`` int32 inclusive block box ``bx0, bx1, by0, by1`` of those.
     """
 
     def __init__(self, pre: dict[str, Tensor], opacity: Tensor, height: int, width: int):
         idx = torch.nonzero(pre["valid"]).squeeze(1)
-        idx = idx[torch.sort(pre["depth"][idx], stable=True).indices]
-        mean = pre["means2D"][idx].double()
-        cov = pre["cov2D"][idx].double()
-        risky = _risky_conic(pre["conic"][idx])
-        lim = 2.0 * torch.log(torch.clamp(opacity[idx].double() * 255.0, min=1.0)) * (1.0 + _MARGIN_REL) + 1e-6
-        ext = torch.sqrt(lim[:, None] * cov[:, [0, 2]].clamp(min=0)) + _MARGIN_PX
-        rmin, rmax = pre["rect_min"][idx] * BLOCK, pre["rect_max"][idx] * BLOCK
+        idx = idx.index_select(0, torch.sort(pre["depth"].index_select(0, idx), stable=True).indices)
+        g = torch.cat([pre["means2D"], pre["cov2D"], pre["conic"], opacity.float()[:, None]], 1).index_select(0, idx)
+        mean, cov, conic, o = g.double().split([2, 3, 3, 1], 1)
+        risky = _risky_conic(conic)
+        lim = 2.0 * torch.log(torch.clamp(o[:, 0] * 255.0, min=1.0)) * (1.0 + _MARGIN_REL) + 1e-6
+        ext = torch.sqrt(lim[:, None] * cov[:, 0::2].clamp(min=0)) + _MARGIN_PX
+        rmin, rmax = (torch.cat([pre["rect_min"], pre["rect_max"]], 1).index_select(0, idx) * BLOCK).split(2, 1)
         lo = torch.maximum(rmin, torch.ceil(mean - ext).clamp(-1, max(width, height)).long())
         hi = torch.minimum(rmax, torch.floor(mean + ext).clamp(-1, max(width, height)).long() + 1)
         lo = torch.where(risky[:, None], rmin, lo)
         hi = torch.minimum(torch.where(risky[:, None], rmax, hi), torch.tensor([width, height], device=idx.device)) - 1
-        box = torch.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], 1)
+        self.box = torch.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], 1)
         y_ext = cov[:, 1] * torch.sqrt(lim / cov[:, 0].clamp(min=1e-30))
-        ellipse = torch.cat([mean, pre["conic"][idx].double(), lim[:, None], y_ext[:, None], risky[:, None].double()], 1)
-        keep = torch.nonzero((box[:, 1] >= box[:, 0]) & (box[:, 3] >= box[:, 2])).squeeze(1)
-        self.order, self.rank, self.box, self.ellipse = idx, keep, box[keep], ellipse[keep]
+        self.ellipse = torch.cat([mean, conic, lim[:, None], y_ext[:, None], risky[:, None].double()], 1)
+        self.order = idx
+        self.rank = torch.nonzero((self.box[:, 1] >= self.box[:, 0]) & (self.box[:, 3] >= self.box[:, 2])).squeeze(1)
+        self.block_box = self.box.index_select(0, self.rank).div(SUB, rounding_mode="floor").int()
 
     def __len__(self) -> int:
         return self.rank.numel()
 
     def select(self, sel: Tensor | slice) -> None:
-        """Keep the Gaussians ``sel`` (a bool mask or a slice)."""
-        self.rank, self.box, self.ellipse = self.rank[sel], self.box[sel], self.ellipse[sel]
-
-    def block_boxes(self) -> Tensor:
-        """``[K', 4]`` inclusive block box ``bx0, bx1, by0, by1``."""
-        return self.box // SUB
+        """Keep the Gaussians ``sel`` (a bool mask or a slice) of ``rank``."""
+        self.rank, self.block_box = self.rank[sel], self.block_box[sel]
 
     def blocks(self, n: int, nbx: int) -> tuple[Tensor, Tensor]:
         """(Gaussian, block) pairs of the first ``n`` Gaussians, in depth order.
@@ -193,14 +201,16 @@ class _Footprints:
             ``(rank [P], block [P])`` int64: Gaussian rank and block index ``by * nbx + bx``.
         """
         dev = self.rank.device
-        x0, x1, y0, y1 = self.box[:n].unbind(1)
-        by0 = y0 // SUB
-        rows = y1 // SUB - by0 + 1
-        r = torch.repeat_interleave(torch.arange(n, device=dev), rows)
-        by = by0[r] + torch.arange(r.numel(), device=dev) - (torch.cumsum(rows, 0) - rows)[r]
-        ya = torch.maximum(by * SUB, y0[r]).double()
-        yb = torch.minimum(by * SUB + SUB - 1, y1[r]).double()
-        mx, my, a, b, c, lim, y_ext, risky = self.ellipse[:n][r].unbind(1)
+        rank = self.rank[:n]
+        box = self.box.index_select(0, rank)
+        by0 = box[:, 2].div(SUB, rounding_mode="floor")
+        rows = box[:, 3].div(SUB, rounding_mode="floor") - by0 + 1
+        r = torch.repeat_interleave(rows)                           # the Gaussian of each block row
+        by = (by0 - torch.cumsum(rows, 0) + rows).index_select(0, r) + torch.arange(r.numel(), device=dev)
+        rank, (x0, x1, y0, y1) = rank.index_select(0, r), box.index_select(0, r).unbind(1)
+        ya = torch.maximum(by * SUB, y0).double()
+        yb = torch.minimum(by * SUB + SUB - 1, y1).double()
+        mx, my, a, b, c, lim, y_ext, risky = self.ellipse.index_select(0, rank).unbind(1)
 
         def edge(y: Tensor, sign: float) -> Tensor:   # x of the ellipse's left (-1) / right (+1) edge on row y
             dy = my - y
@@ -209,21 +219,34 @@ class _Footprints:
 
         lo = torch.ceil(edge(torch.clamp(my - y_ext, ya, yb), -1.0) - _MARGIN_PX)
         hi = torch.floor(edge(torch.clamp(my + y_ext, ya, yb), 1.0) + _MARGIN_PX)
-        x0, x1 = x0[r], x1[r]
         exact = (risky == 0) & torch.isfinite(lo) & torch.isfinite(hi)
         x0 = torch.where(exact, torch.maximum(x0, lo.clamp(-1, 1 << 30).long()), x0)
         x1 = torch.where(exact, torch.minimum(x1, hi.clamp(-1, 1 << 30).long()), x1)
-        bx0 = x0 // SUB
-        cols = torch.where(x1 >= x0, x1 // SUB - bx0 + 1, 0)
-        p = torch.repeat_interleave(torch.arange(r.numel(), device=dev), cols)
-        bx = bx0[p] + torch.arange(p.numel(), device=dev) - (torch.cumsum(cols, 0) - cols)[p]
-        return self.rank[r[p]], by[p] * nbx + bx
+        bx0 = x0.div(SUB, rounding_mode="floor")
+        cols = torch.where(x1 >= x0, x1.div(SUB, rounding_mode="floor") - bx0 + 1, 0)
+        p = torch.repeat_interleave(cols)                           # the block row of each pair
+        first = by * nbx + bx0 - torch.cumsum(cols, 0) + cols
+        return rank.index_select(0, p), first.index_select(0, p) + torch.arange(p.numel(), device=dev)
 
 
 def _count_in_boxes(mask: Tensor, x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor) -> Tensor:
     """Number of true cells of ``mask [H, W]`` in the inclusive boxes ``[x0, x1] x [y0, y1]`` ``[K]`` (summed-area table)."""
     sat = torch.nn.functional.pad(mask.to(torch.int32).cumsum(0).cumsum(1), (1, 0, 1, 0))
-    return sat[y1 + 1, x1 + 1] - sat[y0, x1 + 1] - sat[y1 + 1, x0] + sat[y0, x0]
+    w = sat.shape[1]
+    at = lambda y, x: sat.view(-1).index_select(0, y * w + x)  # noqa: E731
+    return at(y1 + 1, x1 + 1) - at(y0, x1 + 1) - at(y1 + 1, x0) + at(y0, x0)
+
+
+def _quadratic(means2D: Tensor, conic: Tensor) -> Tensor:
+    """``[N, 6]`` float64 ``power`` as a quadratic in the pixel position ``(X, Y)``.
+
+    ``power = -0.5 (a dx^2 + c dy^2) - b dx dy`` with ``d = mean - pixel`` equals
+    ``q . (1, X, Y, X^2, Y^2, X Y)``; float64 keeps the cancellation far below float32 rounding.
+    """
+    x, y = means2D.double().unbind(-1)
+    a, b, c = conic.double().unbind(-1)
+    gx, gy = a * x + b * y, b * x + c * y
+    return torch.stack([-0.5 * (gx * x + gy * y), gx, gy, -0.5 * a, -0.5 * c, -b], -1)
 
 
 class _Frame:
@@ -231,26 +254,29 @@ class _Frame:
 
     ``t_run [nblk, SUB^2]`` is the transmittance of the pixels still compositing (0 once a pixel
     has stopped, and for the padding pixels outside the image); ``t_stop`` the transmittance a
-    pixel stopped with (0 while it runs); ``acc [nblk, C + 1, SUB^2]`` ``sum(c alpha T)`` and, in
-    the last channel, ``sum(z alpha T)``.
+    pixel stopped with (0 while it runs); ``acc [nblk, C + 2, SUB^2]`` ``sum(c alpha T)``, then
+    ``sum(z alpha T)`` and ``sum(alpha T)``. ``basis [nblk, 6, SUB^2]`` float64 ``1, X, Y, X^2,
+    Y^2, X Y`` of the blocks' pixels (see :func:`_quadratic`). ``risky`` / ``opaque``: some
+    Gaussian of the frame has a :func:`_risky_conic` / an opacity above ``ALPHA_MAX`` (else
+    ``power > 0`` / the clamp cannot occur).
     """
 
-    def __init__(self, height: int, width: int, channels: int, device: torch.device):
+    def __init__(self, height: int, width: int, channels: int, device: torch.device, risky: bool, opaque: bool):
         self.nbx, self.nby = -(-width // SUB), -(-height // SUB)
         nblk = self.nbx * self.nby
         ar = torch.arange(nblk, device=device)
         lin = torch.arange(SUB, device=device)
-        self.origin = torch.stack([ar % self.nbx, ar // self.nbx], 1).double() * SUB   # [nblk, 2] first pixel x, y
         ly, lx = torch.meshgrid(lin, lin, indexing="ij")
-        lx, ly = lx.reshape(-1).double(), ly.reshape(-1).double()
-        self.basis = torch.stack([torch.ones_like(lx), lx, ly, lx * lx, ly * ly, lx * ly])   # [6, SUB^2]
-        inside = ((self.origin[:, None, 1] + ly) < height) & ((self.origin[:, None, 0] + lx) < width)
-        self.t_run = inside.float()
+        px = ((ar % self.nbx) * SUB)[:, None] + lx.reshape(-1)        # [nblk, SUB^2] pixel x, y
+        py = ((ar // self.nbx) * SUB)[:, None] + ly.reshape(-1)
+        self.basis = torch.stack([torch.ones_like(px), px, py, px * px, py * py, px * py], 1).double()
+        self.t_run = ((py < height) & (px < width)).float()
         self.t_stop = torch.zeros_like(self.t_run)
         self.acc = torch.zeros(nblk, channels, SUB * SUB, device=device)
+        self.risky, self.opaque = risky, opaque
         self._work: dict[str, Tensor] = {}
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype=torch.float32) -> Tensor:
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         """A reused scratch tensor (fresh allocations of this size cost more than the arithmetic)."""
         n = math.prod(shape)
         buf = self._work.get(name)
@@ -262,103 +288,118 @@ class _Frame:
         """``[nby, nbx]`` bool: every pixel of the block has stopped."""
         return (self.t_run == 0).all(1).reshape(self.nby, self.nbx)
 
-    def composite(self, blk: Tensor, gid: Tensor, params: Tensor, feats: Tensor) -> None:
+    def _power(self, blk: Tensor, quad: Tensor, out: Tensor | None = None) -> Tensor:
+        """``[nb, L, SUB^2]`` float32 Gaussian exponent ``power`` at every pixel of the blocks.
+
+        One float64 batched product of the Gaussians' :func:`_quadratic` coefficients ``quad
+        [nb, L, 6]`` with the blocks' pixel basis, rounded to float32 (into ``out`` if given).
+        """
+        basis = self.basis.index_select(0, blk)
+        if out is None:
+            power = torch.bmm(quad, basis).float()
+        else:
+            power = out.copy_(torch.bmm(quad, basis, out=self._buffer("power64", out.shape, torch.float64)))
+        if self.risky:
+            skip = power > 0.0                                       # skipped: alpha becomes 0
+            power = power.masked_fill(skip, -math.inf) if out is None else power.masked_fill_(skip, -math.inf)
+        return power
+
+    def composite(self, blk: Tensor, gid: Tensor, quad: Tensor, opacity: Tensor, feats: Tensor) -> None:
         """Composite, front to back, Gaussians ``gid [nb, L]`` (depth-ordered rows) over blocks ``blk [nb]``.
 
         Args:
             blk: ``[nb]`` distinct block indices.
-            gid: ``[nb, L]`` Gaussian rows of ``params`` / ``feats`` for each block, nearest first
-                (padded with a transparent row).
-            params: ``[N + 1, 7]`` per Gaussian ``x, y`` (px), conic ``a, b, c``, opacity and
-                1 where :func:`_risky_conic`.
-            feats: ``[N + 1, C + 1]`` features and view depth.
+            gid: ``[nb, L]`` Gaussian rows of the tables for each block, nearest first (padded with
+                a transparent row), ``L`` a multiple of ``SCAN``.
+            quad: ``[N + 1, 6]`` float64 :func:`_quadratic` coefficients of ``power``.
+            opacity: ``[N + 1]`` float32.
+            feats: ``[N + 1, C + 2]`` features, view depth and 1.
         """
-        if torch.is_grad_enabled() and (params.requires_grad or feats.requires_grad):
-            self._composite_differentiable(blk, gid, params, feats)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (quad, opacity, feats)):
+            self._composite_differentiable(blk, gid, quad, opacity, feats)
             return
         nb, L = gid.shape
-        prm = params.index_select(0, gid.reshape(-1)).view(nb, L, -1)
-        # power = -0.5 (a dx^2 + c dy^2) - b dx dy, d = mean - pixel, is a quadratic in the pixel's
-        # offset (lx, ly) in its block: one float64 matrix product with the basis, then rounded
-        u = prm[..., 0] - self.origin[blk, 0:1]
-        v = prm[..., 1] - self.origin[blk, 1:2]
-        a, b, c = prm[..., 2], prm[..., 3], prm[..., 4]
-        c_x = a * u + b * v
-        c_y = c * v + b * u
-        coef = torch.stack([(u * c_x + v * c_y).mul_(-0.5), c_x, c_y, a * -0.5, c * -0.5, -b], -1)
-        power = self._buffer("power", (nb, L, SUB * SUB))
-        power.copy_(torch.matmul(coef, self.basis))
-        if bool(prm[..., 6].any()):
-            power.masked_fill_(power > 0.0, -math.inf)               # skipped: alpha becomes 0
-        opacity = prm[..., 5:6].float()
-        alpha = torch.exp(power, out=self._buffer("alpha", power.shape)).mul_(opacity)
-        if bool((opacity > ALPHA_MAX).any()):                        # else o exp(power) <= o <= 0.99
+        rows = gid.reshape(-1)
+        shape = (nb, L, SUB * SUB)
+        alpha = self._power(blk, quad.index_select(0, rows).view(nb, L, 6), self._buffer("alpha", shape))
+        alpha = torch.exp_(alpha).mul_(opacity.index_select(0, rows).view(nb, L, 1))
+        if self.opaque:                                              # else o exp(power) <= o <= 0.99
             alpha.clamp_(max=ALPHA_MAX)
         torch.nn.functional.threshold_(alpha, _BELOW_ALPHA_MIN, 0.0)  # alpha < 1/255: skipped, T unchanged
         t_run = self.t_run[blk]
-        t_after = torch.sub(1.0, alpha, out=power)
-        alpha.div_(t_after)                                          # alpha / (1 - alpha); 1 - alpha >= 0.01
-        t_after[:, 0].mul_(t_run)
-        t_after.cumprod_(1)                                          # T (1 - alpha): the float32 running product
-        t_new = t_after[:, -1].clone()
-        stopped = t_new < T_MIN
-        b, p = torch.nonzero(stopped & (t_run > 0), as_tuple=True)
-        if b.numel():   # these pixels stop before their first Gaussian with T (1 - alpha) < 1e-4
-            t_col = t_after[b, :, p]                                 # [k, L], non-increasing
-            n_kept = (t_col >= T_MIN).sum(1, keepdim=True)           # a prefix is composited
-            t_last = t_col.gather(1, (n_kept - 1).clamp(min=0)).squeeze(1)
-            self.t_stop[blk[b], p] = torch.where(n_kept[:, 0] > 0, t_last, t_run[b, p])
-            torch.nn.functional.threshold_(t_after, _BELOW_T_MIN, 0.0)   # drop the stopping Gaussian and all after it
-        weight = alpha.mul_(t_after)                                 # alpha T(1 - alpha) / (1 - alpha) = alpha T
-        f = feats.index_select(0, gid.reshape(-1)).view(nb, L, -1)
-        self.acc.index_add_(0, blk, torch.bmm(f.transpose(1, 2), weight))
-        self.t_run[blk] = torch.where(stopped, 0.0, t_new)
+        t = torch.sub(1.0, alpha, out=self._buffer("t", shape))
+        alpha.div_(t)                                                # alpha / (1 - alpha); 1 - alpha >= 0.01
+        seg = t.view(nb, L // SCAN, SCAN, SUB * SUB)
+        for m in range(1, SCAN):                                     # running product within segments
+            seg[:, :, m].mul_(seg[:, :, m - 1])
+        carry = torch.cat([t_run[:, None], seg[:, :-1, -1]], 1).cumprod_(1)   # [nb, S, P] T before each segment
+        seg.mul_(carry[:, :, None])                                  # T (1 - alpha), the running product
+        newly = (t[:, -1] < T_MIN) & (t_run > 0)   # these stop before their first Gaussian with T (1 - alpha) < 1e-4
+        torch.nn.functional.threshold_(t, _BELOW_T_MIN, 0.0)         # drop the stopping Gaussian and all after it
+        weight = alpha.mul_(t)                                       # alpha T(1 - alpha) / (1 - alpha) = alpha T
+        f = feats.index_select(0, rows).view(nb, L, -1)
+        out = torch.bmm(f.transpose(1, 2), weight)                   # [nb, C + 2, P]
+        self.acc.index_add_(0, blk, out)
+        self.t_stop.index_add_(0, blk, torch.where(newly, t_run - out[:, -1], 0.0))   # T = T_run - sum(alpha T)
+        self.t_run[blk] = t[:, -1]                                   # 0 where stopped
 
-
-    def _power(self, blk: Tensor, prm: Tensor) -> Tensor:
-        """``[nb, L, SUB^2]`` float32 Gaussian exponent at every pixel of the blocks (out of place)."""
-        u = prm[..., 0] - self.origin[blk, 0:1]
-        v = prm[..., 1] - self.origin[blk, 1:2]
-        a, b, c = prm[..., 2], prm[..., 3], prm[..., 4]
-        c_x = a * u + b * v
-        c_y = c * v + b * u
-        coef = torch.stack([(u * c_x + v * c_y) * -0.5, c_x, c_y, a * -0.5, c * -0.5, -b], -1)
-        power = torch.matmul(coef, self.basis).float()
-        return power.masked_fill(power > 0.0, -math.inf) if bool(prm[..., 6].any()) else power
-
-    def _composite_differentiable(self, blk: Tensor, gid: Tensor, params: Tensor, feats: Tensor) -> None:
+    def _composite_differentiable(self, blk: Tensor, gid: Tensor, quad: Tensor, opacity: Tensor,
+                                  feats: Tensor) -> None:
         """:meth:`composite` with out-of-place operations, so autograd can differentiate it (training).
 
-        Same arithmetic and thresholds; the state tensors are replaced rather than written to.
+        Same arithmetic and thresholds (bit for bit); the state tensors are replaced rather than written to.
         """
         nb, L = gid.shape
-        prm = params.index_select(0, gid.reshape(-1)).view(nb, L, -1)
-        power = self._power(blk, prm)
-        alpha = (torch.exp(power) * prm[..., 5:6].float()).clamp(max=ALPHA_MAX)
+        rows = gid.reshape(-1)
+        power = self._power(blk, quad.index_select(0, rows).view(nb, L, 6))
+        alpha = (torch.exp(power) * opacity.index_select(0, rows).view(nb, L, 1)).clamp(max=ALPHA_MAX)
         alpha = torch.where(alpha > _BELOW_ALPHA_MIN, alpha, torch.zeros_like(alpha))
         t_run = self.t_run[blk]
-        t_all = torch.cumprod(torch.cat([t_run[:, None], 1.0 - alpha], 1), 1)      # [nb, L + 1, P]
-        t_before, t_after = t_all[:, :-1], t_all[:, 1:]
+        seg = torch.cumprod((1.0 - alpha).view(nb, L // SCAN, SCAN, -1), 2)
+        carry = torch.cumprod(torch.cat([t_run[:, None], seg[:, :-1, -1]], 1), 1)
+        t_after = (seg * carry[:, :, None]).view(nb, L, -1)                     # [nb, L, P]
         keep = (t_after > _BELOW_T_MIN).detach()       # a prefix: stop before T (1 - alpha) < 1e-4
-        weight = alpha * t_before * keep
-        t_end = torch.where(keep, t_after, torch.full_like(t_after, math.inf)).amin(1)
-        t_end = torch.where(keep.any(1), t_end, t_run)  # T after the last composited Gaussian
+        weight = alpha / (1.0 - alpha) * torch.where(keep, t_after, torch.zeros_like(t_after))
         stopped = t_after[:, -1].detach() < T_MIN
         newly = stopped & (t_run.detach() > 0)
-        f = feats.index_select(0, gid.reshape(-1)).view(nb, L, -1)
-        self.acc = self.acc.index_add(0, blk, torch.bmm(f.transpose(1, 2), weight))
-        self.t_stop = self.t_stop.index_copy(0, blk, torch.where(newly, t_end, self.t_stop[blk]))
-        self.t_run = self.t_run.index_copy(0, blk, torch.where(stopped, torch.zeros_like(t_end), t_end))
+        f = feats.index_select(0, rows).view(nb, L, -1)
+        out = torch.bmm(f.transpose(1, 2), weight)
+        self.acc = self.acc.index_add(0, blk, out)
+        self.t_stop = self.t_stop.index_add(0, blk, torch.where(newly, t_run - out[:, -1], torch.zeros_like(t_run)))
+        self.t_run = self.t_run.index_copy(0, blk, torch.where(stopped, torch.zeros_like(t_run), t_after[:, -1]))
 
 
 def _groups(lengths: list[int], budget: int) -> list[tuple[int, int]]:
-    """Split blocks sorted by decreasing list length into ``[i, j)`` runs of at most ``budget`` padded pairs."""
+    """Split blocks sorted by decreasing (padded) list length into ``[i, j)`` runs of at most ``budget`` pairs."""
     out, i = [], 0
     while i < len(lengths):
         j = min(len(lengths), i + max(1, budget // (lengths[i] * SUB * SUB)))
         out.append((i, j))
         i = j
     return out
+
+
+def _composite_lists(frame: _Frame, blocks: Tensor, starts: Tensor, lengths: Tensor, gid: Tensor,
+                     quad: Tensor, opacity: Tensor, feats: Tensor) -> None:
+    """Composite the blocks' depth-ordered lists ``WINDOW`` Gaussians at a time, dropping stopped blocks.
+
+    Args:
+        blocks: ``[nb]`` block indices, by decreasing list length.
+        starts, lengths: ``[nb]`` the list of ``blocks[k]`` is ``gid[starts[k]:starts[k] + lengths[k]]``.
+        gid: ``[P + 1]`` table rows, the last one the transparent padding row.
+        quad, opacity, feats: the tables of :meth:`_Frame.composite`.
+    """
+    pos = torch.arange(WINDOW, device=gid.device)
+    for first in range(0, int(lengths[0]) if blocks.numel() else 0, WINDOW):
+        live = torch.nonzero((lengths > first) & (frame.t_run[blocks] > 0).any(1)).squeeze(1)
+        if live.numel() == 0:
+            break
+        blk, start, length = blocks[live], starts[live] + first, lengths[live] - first
+        widths = (-(-length.clamp(max=WINDOW) // SCAN) * SCAN).tolist()   # non-increasing
+        for i, j in _groups(widths, GROUP_PAIRS):
+            p = pos[:widths[i]]
+            rows = torch.where(p < length[i:j, None], start[i:j, None] + p, gid.numel() - 1)
+            frame.composite(blk[i:j], gid.index_select(0, rows.view(-1)).view(rows.shape), quad, opacity, feats)
 
 
 def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, height: int,
@@ -369,7 +410,7 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
         pre: :func:`preprocess` output.
         colors: ``[N, C]`` features (used raw).
         opacity: ``[N]`` opacities.
-        max_pairs: (Gaussian, pixel) pairs evaluated per depth chunk (at least one Gaussian).
+        max_pairs: (Gaussian, pixel) pairs made per depth chunk (at least one Gaussian).
 
     Returns:
         ``(acc [C+1, H, W], final_T [H, W])``: ``acc[:C] = sum(c alpha T)``,
@@ -377,26 +418,27 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
     """
     dev = colors.device
     C = colors.shape[1]
-    frame = _Frame(height, width, C + 1, dev)
     fp = _Footprints(pre, opacity, height, width)
     # per-Gaussian tables in depth order; the last row is a transparent Gaussian used as padding
     order, dummy = fp.order, fp.order.numel()
-    params = torch.zeros(dummy + 1, 7, dtype=torch.float64, device=dev)
-    params[:dummy] = torch.cat([pre["means2D"], pre["conic"], opacity.float()[:, None],
-                                _risky_conic(pre["conic"]).float()[:, None]], 1).index_select(0, order).double()
-    feats = torch.zeros(dummy + 1, C + 1, device=dev)
-    feats[:dummy, :C] = colors.index_select(0, order)
-    feats[:dummy, C] = pre["depth"].index_select(0, order)
+    pad = lambda t: torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # noqa: E731
+    quad = pad(_quadratic(pre["means2D"].index_select(0, order), pre["conic"].index_select(0, order)))
+    opacity = pad(opacity.float().index_select(0, order))
+    feats = torch.zeros(colors.shape[0] + 1, C + 2, device=dev)   # colours, depth and 1; row N: zeros
+    feats[:-1, :C], feats[:-1, C], feats[:-1, C + 1] = colors, pre["depth"], 1.0
+    feats = feats.index_select(0, torch.cat([order, order.new_full((1,), colors.shape[0])]))
+    frame = _Frame(height, width, C + 2, dev, risky=bool(_risky_conic(pre["conic"].index_select(0, order)).any()),
+                   opaque=bool((opacity > ALPHA_MAX).any()))
     n_done = 0
     while len(fp):
         done = frame.blocks_done()
         if int(done.sum()) > n_done:   # drop Gaussians whose blocks have all stopped
             n_done = int(done.sum())
-            bx0, bx1, by0, by1 = fp.block_boxes().unbind(1)
+            bx0, bx1, by0, by1 = fp.block_box.unbind(1)
             fp.select(_count_in_boxes(~done, bx0, by0, bx1, by1) > 0)
             if not len(fp):
                 break
-        bx0, bx1, by0, by1 = fp.block_boxes().unbind(1)
+        bx0, bx1, by0, by1 = fp.block_box.unbind(1)
         boxes = (bx1 - bx0 + 1) * (by1 - by0 + 1)
         take = max(1, int(torch.searchsorted(torch.cumsum(boxes, 0), max_pairs // (SUB * SUB), right=True)))
         gid, blk = fp.blocks(take, frame.nbx)
@@ -410,24 +452,17 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
         blocks = torch.nonzero(length).squeeze(1)
         blocks = blocks[torch.sort(length[blocks], descending=True, stable=True).indices]
         lengths = length[blocks]
-        slot = torch.empty_like(length)
-        slot[blocks] = torch.arange(blocks.numel(), device=dev)
-        key, order = torch.sort(slot[blk], stable=True)
-        gid = gid[order]
-        starts = torch.cumsum(lengths, 0) - lengths
-        rank = torch.arange(key.numel(), device=dev) - starts[key]
-        bounds = starts.tolist() + [key.numel()]
-        for i, j in _groups(lengths.tolist(), GROUP_PAIRS):
-            a, b = bounds[i], bounds[j]
-            dense = torch.full((j - i, int(lengths[i])), dummy, dtype=torch.int64, device=dev)
-            dense[key[a:b] - i, rank[a:b]] = gid[a:b]
-            frame.composite(blocks[i:j], dense, params, feats)
+        slot = torch.empty_like(length, dtype=torch.int32)   # int32 keys sort twice as fast
+        slot[blocks] = torch.arange(blocks.numel(), dtype=torch.int32, device=dev)
+        gid = torch.cat([gid.index_select(0, torch.sort(slot.index_select(0, blk), stable=True).indices),
+                         gid.new_full((1,), dummy)])
+        _composite_lists(frame, blocks, torch.cumsum(lengths, 0) - lengths, lengths, gid, quad, opacity, feats)
 
     def image(t: Tensor) -> Tensor:   # [nblk, K, SUB^2] -> [K, H, W]
         t = t.reshape(frame.nby, frame.nbx, -1, SUB, SUB).permute(2, 0, 3, 1, 4)
         return t.reshape(-1, frame.nby * SUB, frame.nbx * SUB)[:, :height, :width]
 
-    return image(frame.acc), image((frame.t_run + frame.t_stop)[:, None])[0]
+    return image(frame.acc[:, :-1]), image((frame.t_run + frame.t_stop)[:, None])[0]
 
 
 def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, viewmatrix: Tensor,

@@ -105,5 +105,9 @@ def test_reconstruct_and_render_main_job(assets_env, tmp_path, capsys):
     pngs = sorted(p.name for p in folder.iterdir())
     assert pngs == ["frame_00000.png", "frame_00001.png"]
     assert run("render", avatar_path, "-o", folder, "--frames", "2", "--device", "cpu") == 2  # not empty
+    fast = tmp_path / "bf16"
+    assert run("render", avatar_path, "-o", fast, "--frames", "1", "--device", "cpu", "--precision", "bf16") == 0
+    a, b = (cv2.imread(str(d / "frame_00000.png")).astype(float) for d in (folder, fast))
+    assert 0 < np.mean((a - b) ** 2) < 255.0 ** 2 * 1e-4   # bf16 differs, by less than 40 dB PSNR
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []

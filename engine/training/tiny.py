@@ -86,6 +86,8 @@ class TinyGAGAvatar(nn.Module):
         self.gs_generator_l0 = ConvGSGenerator(in_dim=channels, dir_dim=self.harmo_encoder.out_dim)
         self.gs_generator_l1 = ConvGSGenerator(in_dim=channels, dir_dim=self.harmo_encoder.out_dim)
         self.upsampler = TinyRenderer(render_size)
+        self._compiled: dict = {}
 
     gaussians_from_image = GAGAvatar.gaussians_from_image
     neural_renderer = GAGAvatar.neural_renderer
+    _neural_renderer = GAGAvatar._neural_renderer
