@@ -227,7 +227,7 @@ def _plain(value: Any, where: str = "meta_cfg") -> Any:
                     f"strings, numbers, booleans and None")
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save ``obj`` to a temporary file next to ``path``, then rename it into place.
 
     Saved through a file object, like Fabric's in-memory buffer, so the archive folder is
@@ -273,7 +273,7 @@ def save_model(model_or_state_dict: torch.nn.Module | Mapping[str, torch.Tensor]
     obj = {"format": COMPACT_FORMAT, "version": COMPACT_VERSION,
            "model": _cpu_tensors(model_sd, torch.float16 if fp16 else torch.float32),
            "meta_cfg": _plain(DEFAULT_META_CFG if meta_cfg is None else meta_cfg)}
-    return _atomic_save(obj, path)
+    return atomic_save(obj, path)
 
 
 def save_official(state_dict: Mapping[str, torch.Tensor], meta_cfg: Mapping,
@@ -293,7 +293,7 @@ def save_official(state_dict: Mapping[str, torch.Tensor], meta_cfg: Mapping,
     metadata = {**model_sd._metadata, **percep._metadata}
     if metadata:
         out._metadata = metadata
-    return _atomic_save({"model": out, "meta_cfg": _plain(meta_cfg)}, path)
+    return atomic_save({"model": out, "meta_cfg": _plain(meta_cfg)}, path)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",

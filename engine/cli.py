@@ -287,7 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand (``args.func``): its exit code, or 130 when cancelled and 2 (with a
+    one-line ``error:`` message on stderr) on a user error."""
     try:
         return args.func(args)
     except Cancelled as e:

@@ -17,7 +17,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ..errors import Cancelled, GAGAvatarError
+from ..errors import GAGAvatarError
 
 
 def _bar(desc: str, unit: str):
@@ -177,15 +177,5 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gagavatar.engine.training",
                                      description="GAGAvatar training, evaluation and datasets")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except Cancelled as e:
-        print(f"cancelled: {e}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
-    except GAGAvatarError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from ..cli import run_command
+    return run_command(parser.parse_args(argv))

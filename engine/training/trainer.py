@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints import read_checkpoint, save_model, save_official, split_perceptual
+from ..checkpoints import atomic_save, read_checkpoint, save_model, save_official, split_perceptual
 from ..errors import AssetError, Cancelled, GAGAvatarError
 from .config import Config, config_from_dict, official_meta_cfg, to_toml
 from .datasets import PairDataset, TrainPairSampler, TrackedFrames, evaluation_pairs, open_dataset
@@ -105,20 +105,6 @@ def parameter_groups(model: nn.Module, lr: float, slow_scale: float) -> list[dic
     if slow:
         groups.append({"params": slow, "lr": lr * slow_scale})
     return groups
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class CsvLog:
@@ -249,7 +235,7 @@ class Trainer:
 
     def save(self) -> list[Path]:
         """Write ``state.pt`` and, for GAGAvatar, the exported checkpoints (:meth:`export`)."""
-        _atomic_torch_save(self.state_dict(), self.state_path)
+        atomic_save(self.state_dict(), self.state_path)
         return [self.state_path, *self.export()]
 
     def export(self) -> list[Path]:
