@@ -158,12 +158,18 @@ def _resample(crop, window: CropWindow, bounds: tuple[int, int, int, int]):
     return F.grid_sample(crop, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
 
 
-def render_layer(model, view: AvatarView, k: Intrinsics):
+CANCELLED = "cancelled"
+"""What :func:`render_layer` returns when ``cancel()`` turned true between splatting and the network."""
+
+
+def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callable[[], bool]] = None):
     """Render one avatar into frame space.
 
     Returns:
         ``(bounds, planes [8, h, w])`` with planes = linear premultiplied RGB (3), alpha,
-        depth x alpha (scene units), coarse RGB (3); or None when the avatar is out of view.
+        depth x alpha (scene units), coarse RGB (3); None when the avatar is out of view;
+        :data:`CANCELLED` when ``cancel()`` is true after the splatting (the two halves of the
+        frame's work).
     """
     import torch
     from ..engine.cameras import blender_to_transform
@@ -176,10 +182,13 @@ def render_layer(model, view: AvatarView, k: Intrinsics):
     avatar = view.load()
     device = avatar.device
     vertices = torch.as_tensor(np.asarray(view.vertices), dtype=torch.float32, device=device)[None]
-    frame = model.render(avatar, vertices, transform[None].to(device), focal=focal, center=center)
-    alpha = frame.alpha.float()
-    planes = torch.cat([srgb_to_linear(frame.image.float()), alpha, frame.depth.float() * alpha * view.units,
-                        srgb_to_linear(frame.coarse[:, :3].float())], dim=1)
+    splat = model.splat(avatar, vertices, transform[None].to(device), focal=focal, center=center)
+    if cancel is not None and cancel():
+        return CANCELLED
+    image = model.neural_renderer(splat.features)
+    alpha = splat.alpha.float()
+    planes = torch.cat([srgb_to_linear(image.float()), alpha, splat.depth.float() * alpha * view.units,
+                        srgb_to_linear(splat.features[:, :3].float())], dim=1)
     return bounds, _resample(planes, window, bounds).cpu()
 
 
@@ -208,7 +217,8 @@ def composite(layers: list, k: Intrinsics) -> Layers:
 
 def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Optional[Callable[[int, int], None]] = None,
                  cancel: Optional[Callable[[], bool]] = None) -> Optional[Layers]:
-    """Render and composite every avatar; None when ``cancel()`` turned true between avatars."""
+    """Render and composite every avatar; None when ``cancel()`` turned true (checked before each
+    avatar and between its splatting and its neural rendering)."""
     import torch
     layers = []
     with torch.no_grad():
@@ -217,7 +227,9 @@ def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Option
                 return None
             if progress is not None:
                 progress(i, len(views))
-            layer = render_layer(model, view, k)
+            layer = render_layer(model, view, k, cancel)
+            if layer is CANCELLED:
+                return None
             if layer is not None:
                 layers.append(layer)
     if progress is not None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gagavatar.engine.cameras import blender_to_transform, transform_to_opencv
-from gagavatar.engine.model import Frame
+from gagavatar.engine.rasterize import RenderResult
 from gagavatar.gagavatar_blender import frame_render as fr
 
 
@@ -111,13 +111,19 @@ class _FlatModel:
 
     def __init__(self):
         self.calls = []
+        self.networks = 0
 
-    def render(self, avatar, vertices, transform, focal=None, center=(0.0, 0.0)):
+    def splat(self, avatar, vertices, transform, focal=None, center=(0.0, 0.0)):
         self.calls.append((focal, center))
         colour, depth = avatar.colour, avatar.depth
         image = 0.5 * torch.tensor(colour, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, 512, 512)
-        return Frame(image=image, coarse=torch.cat([image, torch.zeros(1, 29, 512, 512)], 1),
-                     alpha=torch.full((1, 1, 512, 512), 0.5), depth=torch.full((1, 1, 512, 512), depth))
+        return RenderResult(features=torch.cat([image, torch.zeros(1, 29, 512, 512)], 1),
+                            alpha=torch.full((1, 1, 512, 512), 0.5), depth=torch.full((1, 1, 512, 512), depth),
+                            radii=torch.zeros(1, 0, dtype=torch.int32))
+
+    def neural_renderer(self, coarse):
+        self.networks += 1
+        return coarse[:, :3]
 
 
 def _flat(colour, depth):
@@ -146,8 +152,18 @@ def test_cancel_between_avatars_returns_nothing():
     k = fr.Intrinsics(fx=600.0, fy=600.0, cx=160.0, cy=120.0, width=320, height=240)
     model = _FlatModel()
     views = [_view(_camera_at((0.0, 0.0, 9.0)), load=_flat((1.0, 0.0, 0.0), 9.0))] * 2
+    assert fr.render_frame(model, views, k, cancel=lambda: model.networks >= 1) is None
+    assert len(model.calls) == 1 and model.networks == 1
+
+
+def test_cancel_after_splatting_skips_the_network():
+    """Esc during a one-avatar frame stops before the neural renderer, the frame's other half."""
+    k = fr.Intrinsics(fx=600.0, fy=600.0, cx=160.0, cy=120.0, width=320, height=240)
+    model = _FlatModel()
+    views = [_view(_camera_at((0.0, 0.0, 9.0)), load=_flat((1.0, 0.0, 0.0), 9.0))]
     assert fr.render_frame(model, views, k, cancel=lambda: len(model.calls) >= 1) is None
-    assert len(model.calls) == 1
+    assert len(model.calls) == 1 and model.networks == 0
+    assert fr.render_frame(model, views, k) is not None and model.networks == 1
 
 
 def test_srgb_decoding_round_trips_through_the_standard_view_transform(scene, tmp_path):
