@@ -99,8 +99,8 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
             self.error_set(message)
             return
         warning = colour_warning(scene)
-        if warning:
-            self.report({"WARNING"}, warning)
+        if warning and (not self.is_animation or scene.frame_current == scene.frame_start):
+            self.report({"WARNING"}, warning)   # once per animation, not once per frame
         self.update_stats("", "GAGAvatar: preparing")
 
         def progress(done, total):

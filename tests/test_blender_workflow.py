@@ -445,6 +445,15 @@ def test_rendering_needs_a_camera_and_warns_about_agx(avatar, tmp_path, capfd):
         scene.render.resolution_percentage = 25  # only the warning matters here
         bpy.ops.render.render()
         assert "washed out" in "".join(capfd.readouterr())
+        # an animation warns once, on its first frame, not on every frame
+        frames, path = (scene.frame_start, scene.frame_end), scene.render.filepath
+        scene.frame_start, scene.frame_end, scene.render.filepath = 1, 2, str(tmp_path / "agx_")
+        try:
+            bpy.ops.render.render(animation=True)
+        finally:
+            (scene.frame_start, scene.frame_end), scene.render.filepath = frames, path
+        assert "".join(capfd.readouterr()).count("washed out") == 1
+        assert len(list(tmp_path.glob("agx_*"))) == 2
     finally:
         scene.view_settings.view_transform = "Standard"
         scene.render.resolution_percentage = 100
