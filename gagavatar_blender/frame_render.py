@@ -162,8 +162,9 @@ CANCELLED = "cancelled"
 """What :func:`render_layer` returns when ``cancel()`` turned true between splatting and the network."""
 
 
-def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callable[[], bool]] = None):
-    """Render one avatar into frame space.
+def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callable[[], bool]] = None,
+                 precision: str = "fp32"):
+    """Render one avatar into frame space (``precision``: the neural renderer's, ``fp32`` or ``bf16``).
 
     Returns:
         ``(bounds, planes [8, h, w])`` with planes = linear premultiplied RGB (3), alpha,
@@ -185,7 +186,7 @@ def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callab
     splat = model.splat(avatar, vertices, transform[None].to(device), focal=focal, center=center)
     if cancel is not None and cancel():
         return CANCELLED
-    image = model.neural_renderer(splat.features)
+    image = model.neural_renderer(splat.features, precision=precision)
     alpha = splat.alpha.float()
     planes = torch.cat([srgb_to_linear(image.float()), alpha, splat.depth.float() * alpha * view.units,
                         srgb_to_linear(splat.features[:, :3].float())], dim=1)
@@ -216,7 +217,7 @@ def composite(layers: list, k: Intrinsics) -> Layers:
 
 
 def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Optional[Callable[[int, int], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None) -> Optional[Layers]:
+                 cancel: Optional[Callable[[], bool]] = None, precision: str = "fp32") -> Optional[Layers]:
     """Render and composite every avatar; None when ``cancel()`` turned true (checked before each
     avatar and between its splatting and its neural rendering)."""
     import torch
@@ -227,7 +228,7 @@ def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Option
                 return None
             if progress is not None:
                 progress(i, len(views))
-            layer = render_layer(model, view, k, cancel)
+            layer = render_layer(model, view, k, cancel, precision)
             if layer is CANCELLED:
                 return None
             if layer is not None:

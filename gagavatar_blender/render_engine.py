@@ -34,7 +34,8 @@ def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None
         return frame_render.Layers.empty(intrinsics.width, intrinsics.height)
     model_path, _ = networks.asset_paths(prefs)
     model = networks.load_model(model_path, device)
-    return frame_render.render_frame(model, views, intrinsics, progress, cancel)
+    precision = depsgraph.scene.gagavatar_render.precision.lower()
+    return frame_render.render_frame(model, views, intrinsics, progress, cancel, precision)
 
 
 def render_size(scene) -> tuple[int, int]:

@@ -77,6 +77,7 @@ class GAGAVATAR_PT_render(bpy.types.Panel):
         layout = self.layout
         prefs = preferences.get(context)
         layout.prop(prefs, "device")
+        layout.prop(context.scene.gagavatar_render, "precision")
         layout.prop(prefs, "viewport_mode")
         layout.prop(context.view_layer, "use_pass_z", text="Depth Pass")
         if render_engine.colour_warning(context.scene):

@@ -121,7 +121,7 @@ class _FlatModel:
                             alpha=torch.full((1, 1, 512, 512), 0.5), depth=torch.full((1, 1, 512, 512), depth),
                             radii=torch.zeros(1, 0, dtype=torch.int32))
 
-    def neural_renderer(self, coarse):
+    def neural_renderer(self, coarse, precision="fp32"):
         self.networks += 1
         return coarse[:, :3]
 

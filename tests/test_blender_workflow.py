@@ -264,6 +264,28 @@ def test_the_compositor_receives_every_pass(animation):
     assert (depth[alpha == 0.0] == 1e10).all()
 
 
+@pytest.fixture
+def driven(avatar):
+    """The avatar for a driving-import test, put back unanimated afterwards: rig, camera and shape
+    key animation removed, bones at rest, camera, frame rate and frame range as before (later tests
+    render frame 1, which an import's keys would otherwise reach by extrapolation)."""
+    import bpy
+    scene = bpy.context.scene
+    settings = avatar.gagavatar
+    camera, camera_world = scene.camera, scene.camera.matrix_world.copy()
+    timing = (scene.render.fps, scene.render.fps_base, scene.frame_start, scene.frame_end)
+    yield avatar
+    for data in (settings.rig, settings.camera, settings.flame.data.shape_keys):
+        data.animation_data_clear()
+    for bone in settings.rig.pose.bones:
+        bone.matrix_basis.identity()
+    for block in settings.flame.data.shape_keys.key_blocks[1:]:
+        block.value = 0.0
+    scene.camera = camera
+    camera.matrix_world = camera_world
+    scene.render.fps, scene.render.fps_base, scene.frame_start, scene.frame_end = timing
+
+
 def _sequence(tmp_path):
     """A 6-frame, 25 fps driving sequence turning and moving the head and opening the jaw."""
     from gagavatar.engine.cameras import transform_from_pose
@@ -279,6 +301,7 @@ def _sequence(tmp_path):
 
 
 @pytest.mark.parametrize("head_motion", ["HEAD", "CAMERA"])
+@pytest.mark.usefixtures("driven")
 def test_import_driving_keys_the_rig_at_the_scene_frame_rate(avatar, tmp_path, head_motion):
     """25 fps driving on a 50 fps scene from frame 101: every other frame is a driving frame, the
     ones between are interpolated; the camera sees the head as the driving camera did."""
@@ -369,6 +392,7 @@ def _keys(avatar, name="Exp001"):
     return co[0::2], co[1::2]
 
 
+@pytest.mark.usefixtures("driven")
 def test_import_driving_from_the_official_trackers_pkl(avatar, tmp_path):
     """smoothed.pkl at the official 25 fps onto a 25 fps scene from frame 301: one key per record."""
     import bpy
@@ -388,6 +412,7 @@ def test_import_driving_from_the_official_trackers_pkl(avatar, tmp_path):
     assert abs(abs(np.dot(want, list(jaw))) - 1.0) < 1e-6
 
 
+@pytest.mark.usefixtures("driven")
 def test_import_driving_from_a_video_tracks_it_on_the_fly(avatar, tmp_path):
     """A 12.5 fps clip (4 frames) onto a 25 fps scene: tracked with the engine's tracker, then keyed
     every frame (7 keys: every other one interpolated)."""
@@ -632,12 +657,17 @@ def test_two_avatars_are_composited_by_depth(avatar, photo):
 
 
 def _render_still(path):
+    """The render result itself as saved (compositing off: the animation test's compositor tree
+    only writes pass files, its output is black); never a blank image."""
     import bpy
     scene = bpy.context.scene
     scene.frame_set(1)
     scene.render.filepath = str(path)
+    scene.render.use_compositing = False
     bpy.ops.render.render(write_still=True)
-    return np.asarray(Image.open(f"{path}.png"))
+    pixels = np.asarray(Image.open(f"{path}.png"))
+    assert pixels.std() > 10, "the render came out blank"
+    return pixels
 
 
 def test_save_reload_render_gives_identical_pixels(avatar, tmp_path):
@@ -649,6 +679,28 @@ def test_save_reload_render_gives_identical_pixels(avatar, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "avatar.blend"))
     assert bpy.data.objects["astronaut"].gagavatar.gaussians.data.attributes.get("gs_color_31") is not None
     assert np.array_equal(_render_still(tmp_path / "reloaded"), before)
+
+
+def test_bf16_precision_is_a_scene_setting_close_to_fp32(avatar, tmp_path):
+    """The fast precision renders within 40 dB of fp32 and travels with the .blend (farm nodes agree)."""
+    import bpy
+    scene = bpy.context.scene
+    assert scene.gagavatar_render.precision == "FP32"
+    # through the source camera, so the head fills the frame (earlier tests may leave a wide camera)
+    scene.camera = bpy.data.objects["astronaut"].gagavatar.camera   # (the fixture object may be stale)
+    scene.render.resolution_x = scene.render.resolution_y = 512
+    scene.render.resolution_percentage = 100
+    full = _render_still(tmp_path / "fp32").astype(float)
+    scene.gagavatar_render.precision = "BF16"
+    try:
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "bf16.blend"))
+        bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "bf16.blend"))
+        assert bpy.context.scene.gagavatar_render.precision == "BF16"
+        fast = _render_still(tmp_path / "bf16").astype(float)
+    finally:
+        bpy.context.scene.gagavatar_render.precision = "FP32"
+    mse = np.mean((full - fast) ** 2)
+    assert 0 < mse < 255.0 ** 2 * 1e-4
 
 
 def test_free_memory_drops_the_cached_network(installed):
