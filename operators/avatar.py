@@ -3,7 +3,7 @@ import os
 
 import bpy
 
-from ..gagavatar_blender import avatar_builder, deps, jobs, networks, preferences
+from ..gagavatar_blender import avatar_builder, jobs, networks, preferences
 from .job_operator import JobOperator
 
 
@@ -38,11 +38,7 @@ class GAGAVATAR_OT_create_avatar(JobOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        absent = deps.missing()
-        if absent:
-            cls.poll_message_set(f"Missing Python packages ({', '.join(absent)}): see the add-on preferences")
-            return False
-        return cls.poll_job()
+        return cls.poll_dependencies() and cls.poll_job()
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)

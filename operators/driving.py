@@ -3,7 +3,7 @@ import os
 
 import bpy
 
-from ..gagavatar_blender import deps, jobs, networks, preferences, properties, timeline
+from ..gagavatar_blender import jobs, networks, preferences, properties, timeline
 from .job_operator import JobOperator
 
 
@@ -59,8 +59,7 @@ class GAGAVATAR_OT_import_driving(JobOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if deps.missing():
-            cls.poll_message_set("Missing Python packages: see the add-on preferences")
+        if not cls.poll_dependencies():
             return False
         if properties.avatar_root(context.active_object) is None:
             cls.poll_message_set("Select an avatar (its root, rig, mesh or camera)")

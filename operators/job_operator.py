@@ -7,7 +7,7 @@ main thread when it is done. Background mode (``blender -b``, the bpy module) or
 """
 import bpy
 
-from ..gagavatar_blender import jobs
+from ..gagavatar_blender import deps, jobs
 
 TIMER_S = 0.2
 
@@ -34,6 +34,15 @@ class JobOperator:
     synchronous: bpy.props.BoolProperty(
         name="Synchronous", default=False, options={"HIDDEN", "SKIP_SAVE"},
         description="Run to completion before returning (always so in background mode)")
+
+    @classmethod
+    def poll_dependencies(cls) -> bool:
+        """False (with the missing packages named) while the engine's Python packages are absent."""
+        absent = deps.missing()
+        if absent:
+            cls.poll_message_set(f"Missing Python packages ({', '.join(absent)}): see the add-on preferences")
+            return False
+        return True
 
     @classmethod
     def poll_job(cls) -> bool:

@@ -92,10 +92,7 @@ class GAGAVATAR_OT_download_assets(JobOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if deps.missing():
-            cls.poll_message_set("Install the Python dependencies first (add-on preferences)")
-            return False
-        return cls.poll_job()
+        return cls.poll_dependencies() and cls.poll_job()
 
     def invoke(self, context, event):
         return context.window_manager.invoke_props_dialog(self, width=420)
