@@ -32,8 +32,9 @@ class GAGAVATAR_AP_preferences(bpy.types.AddonPreferences):
                ("POINTS", "Points", "Always draw the Gaussians as points")))
     python_path: bpy.props.StringProperty(
         name="Existing Environment", subtype="DIR_PATH", update=_update_python_path,
-        description="site-packages folder of a Python 3.11 virtual environment that has the engine's "
-                    "requirements (e.g. venv/lib/python3.11/site-packages); added to Blender's module path")
+        description="site-packages folder of a virtual environment of Blender's Python version that has "
+                    "the engine's requirements (e.g. venv/lib/python3.13/site-packages for Blender 5.1 to 5.3); "
+                    "added to Blender's module path")
 
     def draw(self, context):
         layout = self.layout
@@ -45,6 +46,7 @@ class GAGAVATAR_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "viewport_mode")
         box = layout.box()
         box.label(text="Assets (FLAME may only be used under its licence, https://flame.is.tue.mpg.de)")
+        self._draw_assets(box)
         box.operator("gagavatar.download_assets", icon="IMPORT")
         box = layout.box()
         absent = deps.missing()
@@ -56,7 +58,25 @@ class GAGAVATAR_AP_preferences(bpy.types.AddonPreferences):
         else:
             box.label(text="All Python dependencies found", icon="CHECKMARK")
         box.prop(self, "python_path")
+        box.operator("gagavatar.check_dependencies", icon="FILE_REFRESH")
         layout.operator("gagavatar.free_memory", icon="TRASH")
+
+    def _draw_assets(self, layout) -> None:
+        """One row per asset file (network weights, FLAME, tracking models) with its state."""
+        from ..engine.assets import asset_status
+        from ..engine.errors import AssetError
+        from .networks import asset_folder
+        try:
+            folder = asset_folder(self)
+        except AssetError as err:
+            layout.label(text=str(err), icon="ERROR")
+            return
+        layout.label(text=f"Folder: {folder}")
+        icons = {"ok": "CHECKMARK", "partial": "SORTTIME", "missing": "ERROR"}
+        for name, description, state in asset_status(folder):
+            row = layout.row()
+            row.label(text=name, icon=icons.get(state, "ERROR"))
+            row.label(text=f"{state}: {description}")
 
 
 def get(context=None) -> GAGAVATAR_AP_preferences:

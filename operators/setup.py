@@ -1,7 +1,9 @@
 """Setup operators: Python dependencies, asset download, cached networks, job cancellation."""
+import sys
+
 import bpy
 
-from ..gagavatar_blender import cache, deps, jobs, networks, preferences
+from ..gagavatar_blender import cache, deps, jobs, networks, preferences, requirements
 from .job_operator import JobOperator
 
 
@@ -69,15 +71,34 @@ class GAGAVATAR_OT_install_dependencies(JobOperator, bpy.types.Operator):
         return cls.poll_job()
 
     def make_job(self, context):
-        return jobs.Job("Install dependencies", deps.install_work(deps.missing()))
+        work = deps.install_work(deps.site_packages(create=True), sys.executable,
+                                 requirements.for_python(), deps.blender_distributions())
+        return jobs.Job("Install dependencies", work)
 
-    def apply(self, context, target):
+    def apply(self, context, result):
+        target, plan = result
+        deps.add_site_packages(preferences.get(context).python_path)
         still = deps.missing()
         if still:
-            self.report({"ERROR"}, f"pip finished but {', '.join(still)} cannot be imported from {target}: "
+            self.report({"ERROR"}, f"pip finished but {', '.join(still)} still missing from {target}: "
                                    "restart Blender, or use an existing environment (preferences)")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Dependencies installed into {target}")
+        self.report({"INFO"}, f"Installed {len(plan)} package(s) into {target}" if plan
+                    else "All dependencies were already installed")
+        return {"FINISHED"}
+
+
+class GAGAVATAR_OT_check_dependencies(bpy.types.Operator):
+    """Check the installed Python packages again (after changing an environment outside Blender)"""
+    bl_idname = "gagavatar.check_dependencies"
+    bl_label = "Check Dependencies"
+
+    def execute(self, context):
+        still = [str(p) for p in deps.refresh()]
+        if still:
+            self.report({"WARNING"}, "Missing Python packages: " + ", ".join(still))
+        else:
+            self.report({"INFO"}, "All Python dependencies found")
         return {"FINISHED"}
 
 
@@ -124,5 +145,5 @@ class GAGAVATAR_OT_download_assets(JobOperator, bpy.types.Operator):
 
 
 classes = (GAGAVATAR_OT_free_memory, GAGAVATAR_OT_add_pass_outputs, GAGAVATAR_OT_cancel_job,
-           GAGAVATAR_OT_install_dependencies,
+           GAGAVATAR_OT_install_dependencies, GAGAVATAR_OT_check_dependencies,
            GAGAVATAR_OT_download_assets)
