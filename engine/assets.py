@@ -4,37 +4,41 @@ Folder: ``--assets DIR``, else ``$GAGAVATAR_ASSETS``, else the user data folder
 (``$XDG_DATA_HOME/gagavatar`` or ``~/.local/share/gagavatar`` on Linux,
 ``~/Library/Application Support/gagavatar`` on macOS, ``%APPDATA%\\gagavatar`` on Windows).
 
-Files (:data:`MANIFEST`), published by the GAGAvatar authors on Hugging Face:
-``GAGAvatar.pt`` (the network weights) and ``FLAME_with_eye.pt`` (the FLAME head model, which
-may only be used under the FLAME licence, https://flame.is.tue.mpg.de). No checksums are
-published, so every file is checked by structure (keys and shapes) instead.
+Files (:data:`MANIFEST`): ``GAGAvatar.pt`` (the network weights) and ``FLAME_with_eye.pt`` (the
+FLAME head model, which may only be used under the FLAME licence, https://flame.is.tue.mpg.de),
+published by the GAGAvatar authors on Hugging Face without checksums, so they are checked by
+structure (keys and shapes); and the tracking models (:data:`TRACKING_MODELS`: Google's MediaPipe
+face detectors, face landmarker and selfie segmenter, Apache-2.0, no licence to accept), fetched
+from their official Google Cloud Storage URLs and checked against pinned sha256 digests.
 
 Downloads use ``urllib`` only: ``<name>.part`` grows with HTTP Range requests (an interrupted or
 cancelled download resumes where it stopped); the finished file is renamed into place only once
-its structure check passes, and a file that fails the check is deleted.
+its check passes, and a file that fails the check is deleted.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-import torch
-
 from .. import __version__
-from .checkpoints import load_torch_file, read_checkpoint
 from .errors import AssetError, Cancelled
 
 ENV_VAR = "GAGAVATAR_ASSETS"
 BASE_URL = "https://huggingface.co/xg-chu/GAGAvatar/resolve/main/assets"
 FLAME_LICENSE_URL = "https://flame.is.tue.mpg.de"
 DOWNLOAD_HINT = "run `gagavatar assets download --accept-license`"
+TRACKING_HINT = "run `gagavatar assets download --tracking-only` (or Download Assets in the add-on's preferences)"
+MEDIAPIPE_ASSETS_URL = "https://storage.googleapis.com/mediapipe-assets"
+FACE_LANDMARKER_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
+                       "face_landmarker.task")
 
 Progress = Callable[[int, int | None], None]
 """``progress(done_bytes, total_bytes_or_None)``."""
@@ -58,11 +62,15 @@ FLAME_LAYOUT: dict[str, dict[str, tuple[int, ...]]] = {
 
 
 def _check_model_file(path: Path) -> None:
+    from .checkpoints import read_checkpoint
     read_checkpoint(path)
 
 
 def _check_flame_file(path: Path) -> None:
     remedy = f"{DOWNLOAD_HINT} to get FLAME_with_eye.pt"
+    import torch
+
+    from .checkpoints import load_torch_file
     obj = load_torch_file(path, remedy)
     if isinstance(obj, Mapping) and "model" in obj:
         raise AssetError(f"{path} is a GAGAvatar checkpoint, not the FLAME asset: put FLAME_with_eye.pt there")
@@ -85,6 +93,15 @@ def _check_flame_file(path: Path) -> None:
         raise AssetError(f"{path} is not a valid FLAME_with_eye.pt ({', '.join(problems[:3])}{more}): {remedy}")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Asset:
     """One file of the asset folder.
@@ -93,17 +110,57 @@ class Asset:
         name: file name, also the last part of its download URL.
         description: what it is, for reports.
         check: raises :class:`AssetError` unless the file at the given path has the right structure.
+        url: official download URL (None: ``<BASE_URL>/<name>``).
+        sha256: pinned hex digest the file must have (None: checked by structure only).
+        needs_licence: downloaded only once the FLAME licence is accepted.
     """
 
     name: str
     description: str
     check: Callable[[Path], None]
+    url: str | None = None
+    sha256: str | None = None
+    needs_licence: bool = True
+
+    @property
+    def hint(self) -> str:
+        """How the user gets this file."""
+        return DOWNLOAD_HINT if self.needs_licence else TRACKING_HINT
+
+
+def _digest_check(name: str, sha256: str) -> Callable[[Path], None]:
+    """A check that the file has the pinned digest ``sha256``."""
+    def check(path: Path) -> None:
+        actual = file_sha256(path)
+        if actual != sha256:
+            raise AssetError(f"{path} is not the expected {name} (sha256 {actual[:16]}..., expected "
+                             f"{sha256[:16]}...): {TRACKING_HINT} to replace it")
+    return check
+
+
+def _tracking_model(name: str, description: str, url: str, sha256: str) -> Asset:
+    return Asset(name, description, _digest_check(name, sha256), url=url, sha256=sha256, needs_licence=False)
 
 
 MANIFEST: tuple[Asset, ...] = (
     Asset("GAGAvatar.pt", "GAGAvatar network weights (official checkpoint)", _check_model_file),
     Asset("FLAME_with_eye.pt", "FLAME head model with eyes (FLAME licence)", _check_flame_file),
+    _tracking_model("face_landmarker.task", "MediaPipe face landmarker, 478 points with irises (tracking, Apache-2.0)",
+                    FACE_LANDMARKER_URL, "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"),
+    _tracking_model("face_detection_full_range_sparse.tflite",
+                    "MediaPipe full-range face detector (tracking, Apache-2.0)",
+                    f"{MEDIAPIPE_ASSETS_URL}/face_detection_full_range_sparse.tflite",
+                    "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1"),
+    _tracking_model("face_detection_short_range.tflite", "MediaPipe short-range face detector (tracking, Apache-2.0)",
+                    f"{MEDIAPIPE_ASSETS_URL}/face_detection_short_range.tflite",
+                    "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"),
+    _tracking_model("selfie_segmentation.tflite", "MediaPipe selfie segmentation, background removal "
+                    "(tracking, Apache-2.0)", f"{MEDIAPIPE_ASSETS_URL}/selfie_segmentation.tflite",
+                    "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c"),
 )
+
+TRACKING_MODELS: tuple[str, ...] = tuple(a.name for a in MANIFEST if not a.needs_licence)
+"""The tracking models' file names (no licence to accept)."""
 
 
 def user_data_dir() -> Path:
@@ -157,10 +214,44 @@ def check_assets(folder: str | os.PathLike) -> list[tuple[str, str, str]]:
                 report.append((asset.name, "ok", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"))
         elif part.exists():
             report.append((asset.name, "partial", f"{part.stat().st_size / 1e6:.1f} MB downloaded to {part}: "
-                                                  f"{DOWNLOAD_HINT} to resume"))
+                                                  f"{asset.hint} to resume"))
         else:
-            report.append((asset.name, "missing", f"not in {folder}: {DOWNLOAD_HINT} or copy it there"))
+            report.append((asset.name, "missing", f"not in {folder}: {asset.hint} or copy it there"))
     return report
+
+
+def asset_status(folder: str | os.PathLike, verify: bool = False) -> list[tuple[str, str, str]]:
+    """``(name, description, status)`` per manifest file, for a preferences panel.
+
+    Status as in :func:`check_assets`; with ``verify=False`` (cheap enough for every redraw) a file
+    that is there counts as ``ok`` unchecked, with ``verify=True`` it gets :func:`check_assets`' full
+    check (loading the checkpoints takes seconds).
+    """
+    folder = Path(folder)
+    if verify:
+        states = {name: status for name, status, _ in check_assets(folder)}
+    else:
+        states = {a.name: "ok" if (folder / a.name).is_file() else
+                  "partial" if (folder / f"{a.name}.part").exists() else "missing" for a in MANIFEST}
+    return [(a.name, a.description, states[a.name]) for a in MANIFEST]
+
+
+def tracking_model_path(name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Path of the tracking model ``name`` (one of :data:`TRACKING_MODELS`) in :func:`find_assets`\\ (``folder``).
+
+    Raises:
+        AssetError: the file is missing or is not the pinned file (one line naming the remedy).
+    """
+    asset = next((a for a in MANIFEST if a.name == name and not a.needs_licence), None)
+    if asset is None:
+        raise ValueError(f"{name!r} is not a tracking model (one of {', '.join(TRACKING_MODELS)})")
+    folder = find_assets(folder)
+    path = folder / name
+    if not path.is_file():
+        raise AssetError(f"the tracking model {name} is not in {folder}: {TRACKING_HINT}, or set {ENV_VAR} "
+                         f"to a folder that has it")
+    asset.check(path)
+    return path
 
 
 def assets_summary(folder: str | os.PathLike, report: list[tuple[str, str, str]] | None = None) -> str:
@@ -238,30 +329,36 @@ def _fetch(url: str, part: Path, progress: Progress | None,
 
 
 def download_assets(folder: str | os.PathLike, accept_license: bool, base_url: str | None = None,
-                    progress: Progress | None = None,
-                    cancel: Callable[[], bool] | None = None) -> list[Path]:
-    """Download every manifest file that is not already valid in ``folder``; return their paths.
+                    progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+                    names: Iterable[str] | None = None) -> list[Path]:
+    """Download every manifest file (or those in ``names``) not already valid in ``folder``; return their paths.
 
     Args:
-        accept_license: the user has accepted the FLAME licence; without it nothing is downloaded.
-        base_url: where ``<base_url>/<name>`` is fetched from (default: the official Hugging Face
-            folder; a mirror or a test server otherwise).
+        accept_license: the user has accepted the FLAME licence; without it nothing is downloaded
+            unless every file asked for needs no licence (``names=TRACKING_MODELS``).
+        base_url: where ``<base_url>/<name>`` is fetched from, for every file (a mirror or a test
+            server); default: each file's official URL.
         progress: ``progress(done, total)`` in bytes of the file being downloaded (``total`` is
             None when the server does not say); restarts at each file.
         cancel: polled between chunks; when it returns True, :class:`Cancelled` is raised and the
             ``.part`` file stays, so a later call resumes it.
+        names: file names to download (default: all of :data:`MANIFEST`).
     Raises:
         AssetError: licence not accepted, network/HTTP failure (the ``.part`` stays to resume), or
-            a downloaded file failing its structure check (the ``.part`` is deleted).
+            a downloaded file failing its check (structure or sha256; the ``.part`` is deleted).
     """
-    if not accept_license:
+    wanted = None if names is None else set(names)
+    unknown = sorted((wanted or set()) - {a.name for a in MANIFEST})
+    if unknown:
+        raise ValueError(f"not asset names: {', '.join(unknown)}")
+    selected = [a for a in MANIFEST if wanted is None or a.name in wanted]
+    if not accept_license and any(a.needs_licence for a in selected):
         raise AssetError(f"FLAME_with_eye.pt may only be used under the FLAME licence: register and accept it at "
                          f"{FLAME_LICENSE_URL}, then {DOWNLOAD_HINT}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    base = (base_url or BASE_URL).rstrip("/")
     paths = []
-    for asset in MANIFEST:
+    for asset in selected:
         path, part = folder / asset.name, folder / f"{asset.name}.part"
         paths.append(path)
         if path.exists():
@@ -270,7 +367,11 @@ def download_assets(folder: str | os.PathLike, accept_license: bool, base_url: s
                 continue
             except AssetError:
                 pass  # replaced below once a valid copy is downloaded
-        _fetch(f"{base}/{asset.name}", part, progress, cancel)
+        if base_url:
+            url = f"{base_url.rstrip('/')}/{asset.name}"
+        else:
+            url = asset.url or f"{BASE_URL.rstrip('/')}/{asset.name}"
+        _fetch(url, part, progress, cancel)
         problem = None
         try:
             asset.check(part)

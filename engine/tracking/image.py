@@ -5,7 +5,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def find_face(rgb: np.ndarray, finder: FaceLandmarker, name: str = "the image") 
 
 
 def track_image(image: ImageLike, flame: Optional[FLAME] = None, matting: bool = True,
-                iterations: int = 300) -> TrackedImage:
+                iterations: int = 300, assets: Optional[Union[str, os.PathLike]] = None) -> TrackedImage:
     """Detect the head in a photo, crop it like the official tracker, matte it and fit FLAME + camera.
 
     Args:
@@ -100,19 +100,21 @@ def track_image(image: ImageLike, flame: Optional[FLAME] = None, matting: bool =
         flame: the FLAME model (default: ``FLAME_with_eye.pt`` from the asset folder).
         matting: composite the crop over black (GAGAvatar's sources are matted).
         iterations: fit iterations.
+        assets: the asset folder with the tracking models (default: :func:`~..assets.find_assets`).
 
     Raises:
         NoFaceError: no face in the image. Several faces: the largest is used, with a warning.
+        AssetError: a tracking model is missing.
     """
     flame = flame if flame is not None else default_flame()
     rgb = load_rgb(image)
     name = Path(image).name if isinstance(image, (str, os.PathLike)) else "the image"
-    with FaceLandmarker() as finder:
+    with FaceLandmarker(assets=assets) as finder:
         mesh, n_faces = find_face(rgb, finder, name)
     box = crop_box(head_box(mesh))
     crop = crop_image(rgb, box, CROP_SIZE)
     if matting:
-        with SelfieMatte() as matte:
+        with SelfieMatte(assets=assets) as matte:
             crop, mask = matte(crop)
     else:
         mask = torch.ones(1, CROP_SIZE, CROP_SIZE)

@@ -103,8 +103,8 @@ def smooth_sequence(seq: DrivingSequence, pose_alpha: float = POSE_ALPHA, eyes_a
                            missing=seq.missing.clone(), source=seq.source)
 
 
-def _read_meshes(path: Path, progress: Optional[Progress],
-                 cancel: Optional[Callable[[], bool]]) -> tuple[list[Optional[np.ndarray]], float]:
+def _read_meshes(path: Path, progress: Optional[Progress], cancel: Optional[Callable[[], bool]],
+                 assets: Optional[Union[str, os.PathLike]] = None) -> tuple[list[Optional[np.ndarray]], float]:
     """Face-mesh points ``[478, 2]`` (frame pixels) or None for every frame, and the frame rate.
 
     Progress counts frames read out of twice the container's frame count (fitting is the other half).
@@ -116,7 +116,7 @@ def _read_meshes(path: Path, progress: Optional[Progress],
     total = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
     meshes: list[Optional[np.ndarray]] = []
     try:
-        with FaceLandmarker() as finder:
+        with FaceLandmarker(assets=assets) as finder:
             previous = None
             while True:
                 if cancel is not None and cancel():
@@ -142,13 +142,17 @@ def _read_meshes(path: Path, progress: Optional[Progress],
 
 
 def read_meshes(path: Union[str, os.PathLike], progress: Optional[Progress] = None,
-                cancel: Optional[Callable[[], bool]] = None) -> tuple[list[Optional[np.ndarray]], float]:
+                cancel: Optional[Callable[[], bool]] = None,
+                assets: Optional[Union[str, os.PathLike]] = None) -> tuple[list[Optional[np.ndarray]], float]:
     """Face-mesh points ``[478, 2]`` (frame pixels) or None for every frame of a video, and its frame rate.
+
+    ``assets``: the asset folder with the tracking models (default: :func:`~..assets.find_assets`).
 
     Raises:
         GAGAvatarError: the file cannot be read as a video. Cancelled: ``cancel()`` returned True.
+        AssetError: a tracking model is missing.
     """
-    return _read_meshes(Path(path), progress, cancel)
+    return _read_meshes(Path(path), progress, cancel, assets)
 
 
 def crop_boxes(meshes: list[Optional[np.ndarray]]) -> list[tuple[float, float, float]]:
@@ -166,7 +170,8 @@ def crop_boxes(meshes: list[Optional[np.ndarray]]) -> list[tuple[float, float, f
 
 def track_video(path: Union[str, os.PathLike], flame: Optional[FLAME] = None, progress: Optional[Progress] = None,
                 cancel: Optional[Callable[[], bool]] = None, smooth: bool = True,
-                meshes: Optional[tuple[list[Optional[np.ndarray]], float]] = None) -> DrivingSequence:
+                meshes: Optional[tuple[list[Optional[np.ndarray]], float]] = None,
+                assets: Optional[Union[str, os.PathLike]] = None) -> DrivingSequence:
     """Track a video into a :class:`~..sequence.DrivingSequence` (one identity, a camera per frame).
 
     Args:
@@ -176,6 +181,7 @@ def track_video(path: Union[str, os.PathLike], flame: Optional[FLAME] = None, pr
         cancel: polled between frames and chunks; returning True raises :class:`~..errors.Cancelled`.
         smooth: smooth cameras and eyes (:func:`smooth_sequence`).
         meshes: this video's :func:`read_meshes` output, when already computed (skips reading it).
+        assets: the asset folder with the tracking models (default: :func:`~..assets.find_assets`).
 
     Returns:
         The sequence at the video's frame rate, with ``shape``, ``bbox`` (official: head box
@@ -189,7 +195,7 @@ def track_video(path: Union[str, os.PathLike], flame: Optional[FLAME] = None, pr
     if not path.is_file():
         raise GAGAvatarError(f"video {path} not found: check the path")
     flame = flame if flame is not None else default_flame()
-    meshes, fps = meshes if meshes is not None else _read_meshes(path, progress, cancel)
+    meshes, fps = meshes if meshes is not None else _read_meshes(path, progress, cancel, assets)
     T = len(meshes)
     found = np.array([m is not None for m in meshes])
     if not found.any():
