@@ -3,7 +3,7 @@
 Registering imports neither torch nor the engine: they are imported when an operator runs or a
 frame renders, so the add-on registers (and says what is missing) without its dependencies.
 """
-from . import deps, preferences, properties, render_engine
+from . import deps, handlers, preferences, properties, render_engine
 
 
 def register():
@@ -14,10 +14,12 @@ def register():
     render_engine.register()
     operators.register()
     panels.register()
+    handlers.register()
 
 
 def unregister():
     from .. import operators, panels
+    handlers.unregister()
     panels.unregister()
     operators.unregister()
     render_engine.unregister()

@@ -46,8 +46,9 @@ class Reconstruction:
     flame: object
 
 
-def reconstruct_work(image_path: str, model_path: Path, flame_path: Path, device: str):
-    """The job's work function: track the photo's face, then reconstruct the avatar."""
+def reconstruct_work(image_path: str, model_path: Path, flame_path: Path, device: str, tracking: Path):
+    """The job's work function: track the photo's face (models in the folder ``tracking``), then
+    reconstruct the avatar."""
     def work(progress, cancel) -> Reconstruction:
         import torch
         from ..engine.tracking import track_image
@@ -57,7 +58,7 @@ def reconstruct_work(image_path: str, model_path: Path, flame_path: Path, device
         flame = networks.load_flame(flame_path)
         check(cancel, label)
         progress(0.05, "Tracking the face")
-        tracked = track_image(image_path, flame=flame)
+        tracked = track_image(image_path, flame=flame, assets=tracking)
         check(cancel, label)
         progress(0.35, "Loading GAGAvatar")
         model = networks.load_model(model_path, device)

@@ -65,6 +65,7 @@ def add_pass_outputs(scene, view_layer, directory: str, prefix: str = "gagavatar
         out.format.media_type = "IMAGE"
     out.format.file_format = "OPEN_EXR"
     out.format.color_depth = "32"
+    out.format.color_mode = "RGBA"  # a new node copies the scene's output format, which may be RGB
     if hasattr(out, "file_output_items"):  # Blender 5.0
         out.directory, out.file_name = directory, prefix
         for name, kind in PASSES:

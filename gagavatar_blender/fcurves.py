@@ -1,13 +1,17 @@
 """Bulk keyframes: F-curves written with ``keyframe_points.add`` + ``foreach_set``.
 
 Blender 4.4 introduced layered actions (slots and channelbags; ``Action.fcurves`` is gone in 5.0):
-there ``Action.fcurve_ensure_for_datablock`` makes the F-curve in the datablock's slot. Blender
-4.2/4.3 use ``Action.fcurves`` directly.
+there ``Action.fcurve_ensure_for_datablock`` makes the F-curve in the datablock's slot (its
+``group_name`` argument came in 5.0: in 4.4/4.5 the F-curve is put in its group afterwards).
+Blender 4.2/4.3 use ``Action.fcurves`` directly.
 """
 import bpy
 import numpy as np
 
 LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
+_ACTION_FUNCTIONS = bpy.types.Action.bl_rna.functions
+_ENSURE_TAKES_GROUP = ("fcurve_ensure_for_datablock" in _ACTION_FUNCTIONS  # Blender >= 5.0
+                       and "group_name" in _ACTION_FUNCTIONS["fcurve_ensure_for_datablock"].parameters)
 
 
 def ensure_fcurve(id_data, data_path: str, index: int = 0, group: str = "") -> bpy.types.FCurve:
@@ -17,10 +21,21 @@ def ensure_fcurve(id_data, data_path: str, index: int = 0, group: str = "") -> b
         anim.action = bpy.data.actions.new(f"{id_data.name}Action")
     action = anim.action
     if hasattr(action, "fcurve_ensure_for_datablock"):  # Blender >= 4.4
-        return action.fcurve_ensure_for_datablock(id_data, data_path, index=index, group_name=group)
+        if _ENSURE_TAKES_GROUP:  # Blender >= 5.0
+            return action.fcurve_ensure_for_datablock(id_data, data_path, index=index, group_name=group)
+        return _grouped(anim, action.fcurve_ensure_for_datablock(id_data, data_path, index=index), group)
     fcurve = action.fcurves.find(data_path, index=index)
     if fcurve is None:
         fcurve = action.fcurves.new(data_path, index=index, action_group=group)
+    return fcurve
+
+
+def _grouped(anim, fcurve, group: str):
+    """Blender 4.4/4.5: put a layered action's F-curve in the group ``group`` of its channelbag."""
+    if group and (fcurve.group is None or fcurve.group.name != group):
+        from bpy_extras.anim_utils import action_get_channelbag_for_slot
+        channelbag = action_get_channelbag_for_slot(anim.action, anim.action_slot)
+        fcurve.group = channelbag.groups.get(group) or channelbag.groups.new(group)
     return fcurve
 
 

@@ -60,6 +60,17 @@ def asset_folder(prefs) -> Path:
     return folder
 
 
+def tracking_folder(prefs) -> Path:
+    """Where the tracking models are looked for: :func:`asset_folder`, or, when neither the
+    preference nor ``$GAGAVATAR_ASSETS`` names a folder and the models are not there, the command
+    line's user data folder if it holds them (as for :func:`asset_paths`)."""
+    from ..engine.assets import ENV_VAR, TRACKING_MODELS, user_data_dir
+    folder = asset_folder(prefs)
+    if prefs.assets_folder or os.environ.get(ENV_VAR) or (folder / TRACKING_MODELS[0]).is_file():
+        return folder
+    return user_data_dir() if (user_data_dir() / TRACKING_MODELS[0]).is_file() else folder
+
+
 def asset_paths(prefs) -> tuple[Path, Path]:
     """``(GAGAvatar.pt, FLAME)`` paths from the preferences: explicit paths, else the files in
     :func:`asset_folder`; when neither the preference nor ``$GAGAVATAR_ASSETS`` names a folder,

@@ -49,9 +49,11 @@ class GAGAVATAR_PG_job(bpy.types.PropertyGroup):
 classes = (GAGAVATAR_PG_avatar, GAGAVATAR_PG_render, GAGAVATAR_PG_job)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Object.gagavatar = bpy.props.PointerProperty(type=GAGAVATAR_PG_avatar)
     bpy.types.Scene.gagavatar_render = bpy.props.PointerProperty(type=GAGAVATAR_PG_render)
     bpy.types.WindowManager.gagavatar_job = bpy.props.PointerProperty(type=GAGAVATAR_PG_job)
@@ -61,8 +63,7 @@ def unregister():
     del bpy.types.WindowManager.gagavatar_job
     del bpy.types.Scene.gagavatar_render
     del bpy.types.Object.gagavatar
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
 
 
 def avatar_root(obj):

@@ -1,7 +1,8 @@
 """The ``GAGAVATAR`` render engine: every avatar of the scene, from the active camera, into the compositor.
 
 Passes (Render Layers node sockets): ``Image``/``Alpha`` (Combined: the network's image decoded
-from sRGB to scene-linear, premultiplied, alpha = the splatting's accumulated opacity),
+from sRGB to linear Rec.709, then converted to the file's working space (:mod:`.colour`),
+premultiplied, alpha = the splatting's accumulated opacity),
 ``Depth`` (when the view layer's Z pass is on; scene units, 1e10 where empty) and ``Coarse``
 (the splatted RGB before the neural renderer, sRGB-decoded). The network is loaded once per
 (checkpoint, device) and kept for later frames and renders (``gagavatar.free_memory`` drops it).
@@ -16,7 +17,7 @@ import numpy as np
 
 import bpy
 
-from . import frame_render, networks, preferences, scene_views
+from . import colour, frame_render, networks, preferences, scene_views
 
 COARSE_PASS = "Coarse"
 
@@ -35,7 +36,12 @@ def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None
     model_path, _ = networks.asset_paths(prefs)
     model = networks.load_model(model_path, device)
     precision = depsgraph.scene.gagavatar_render.precision.lower()
-    return frame_render.render_frame(model, views, intrinsics, progress, cancel, precision)
+    layers = frame_render.render_frame(model, views, intrinsics, progress, cancel, precision)
+    matrix, _ = colour.conversion(*colour.working_space())
+    if layers is not None and matrix is not None:  # linear Rec.709 -> the file's working space
+        layers.combined[..., :3] = colour.to_working_space(layers.combined[..., :3], matrix)
+        layers.coarse = colour.to_working_space(layers.coarse, matrix)
+    return layers
 
 
 def render_size(scene) -> tuple[int, int]:
@@ -99,9 +105,10 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
             self.report({"ERROR"}, message)
             self.error_set(message)
             return
-        warning = colour_warning(scene)
-        if warning and (not self.is_animation or scene.frame_current == scene.frame_start):
-            self.report({"WARNING"}, warning)   # once per animation, not once per frame
+        if not self.is_animation or scene.frame_current == scene.frame_start:  # once per animation
+            for warning in (colour_warning(scene), colour.conversion(*colour.working_space())[1]):
+                if warning:
+                    self.report({"WARNING"}, warning)
         self.update_stats("", "GAGAvatar: preparing")
 
         def progress(done, total):
@@ -140,31 +147,27 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
 
 
 classes = (GAGAVATAR_RE_engine,)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+_added_to: list = []
+"""The panels :func:`register` made compatible with this engine (:func:`unregister` takes it back)."""
 
 
 def _panels():
-    """Blender's panels that work with this engine (so the properties editor is not empty)."""
-    names = ("RENDER_PT_format", "RENDER_PT_frame_range", "RENDER_PT_time_stretching", "RENDER_PT_output",
-             "RENDER_PT_output_views", "RENDER_PT_encoding", "RENDER_PT_encoding_video", "RENDER_PT_encoding_audio",
-             "RENDER_PT_post_processing", "RENDER_PT_stamp", "RENDER_PT_stamp_note", "RENDER_PT_stamp_burn",
-             "RENDER_PT_color_management", "RENDER_PT_color_management_curves",
-             "RENDER_PT_output_color_management", "VIEWLAYER_PT_layer", "VIEWLAYER_PT_layer_passes",
-             "VIEWLAYER_PT_workbench_layer_passes_data", "DATA_PT_context_camera", "DATA_PT_lens",
-             "DATA_PT_camera", "DATA_PT_camera_display", "DATA_PT_camera_background_image",
-             "DATA_PT_camera_safe_areas", "DATA_PT_context_mesh", "DATA_PT_shape_keys", "DATA_PT_vertex_groups",
-             "DATA_PT_mesh_attributes", "DATA_PT_customdata", "OBJECT_PT_visibility")
-    return [getattr(bpy.types, name) for name in names if hasattr(getattr(bpy.types, name, None), "COMPAT_ENGINES")]
+    """Blender's panels for every engine (``BLENDER_RENDER`` in ``COMPAT_ENGINES``), as in Blender's
+    render engine template, so the properties editor shows the output, colour, camera and mesh settings."""
+    return [panel for panel in bpy.types.Panel.__subclasses__()
+            if "BLENDER_RENDER" in getattr(panel, "COMPAT_ENGINES", ())]
 
 
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     for panel in _panels():
-        panel.COMPAT_ENGINES.add(GAGAVATAR_RE_engine.bl_idname)
+        if GAGAVATAR_RE_engine.bl_idname not in panel.COMPAT_ENGINES:
+            panel.COMPAT_ENGINES.add(GAGAVATAR_RE_engine.bl_idname)
+            _added_to.append(panel)
 
 
 def unregister():
-    for panel in _panels():
-        panel.COMPAT_ENGINES.discard(GAGAVATAR_RE_engine.bl_idname)
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    while _added_to:
+        _added_to.pop().COMPAT_ENGINES.discard(GAGAVATAR_RE_engine.bl_idname)
+    _unregister_classes()

@@ -246,7 +246,9 @@ def evaluated_vertices(mesh_obj, depsgraph) -> np.ndarray:
     """``[V, 3]`` evaluated vertices in the armature's local space (x5 FLAME units)."""
     evaluated = mesh_obj.evaluated_get(depsgraph)
     mesh = evaluated.to_mesh()
-    co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-    mesh.vertices.foreach_get("co", co)
-    evaluated.to_mesh_clear()
+    try:
+        co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+        mesh.vertices.foreach_get("co", co)
+    finally:  # the temporary mesh must go even when reading it fails
+        evaluated.to_mesh_clear()
     return co.reshape(-1, 3)

@@ -1,16 +1,17 @@
 """Thin operators calling gagavatar_blender/ and engine/."""
 import bpy
 
-from . import avatar, driving, setup
+from . import avatar, driving, job_operator, setup
 
 classes = setup.classes + avatar.classes + driving.classes
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
 
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
 
 
 def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    job_operator.unregister()  # cancel a running job and remove its timer before its operator goes
+    _unregister_classes()

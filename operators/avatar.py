@@ -20,7 +20,8 @@ def create_avatar_job(context, filepath: str) -> jobs.Job:
     prefs = preferences.get(context)
     model_path, flame_path = networks.asset_paths(prefs)
     device = networks.resolve_device(prefs.device)
-    return jobs.Job("Create avatar", avatar_builder.reconstruct_work(path, model_path, flame_path, device))
+    return jobs.Job("Create avatar", avatar_builder.reconstruct_work(path, model_path, flame_path, device,
+                                                                     networks.tracking_folder(prefs)))
 
 
 class GAGAVATAR_OT_create_avatar(JobOperator, bpy.types.Operator):

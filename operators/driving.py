@@ -26,13 +26,15 @@ def driving_job(context, filepath: str) -> jobs.Job:
     if suffix not in timeline.VIDEO_SUFFIXES:
         raise GAGAvatarError(f"cannot drive from {os.path.basename(path)}: use a sequence "
                              f"({', '.join(timeline.SEQUENCE_SUFFIXES)}) or a video ({', '.join(timeline.VIDEO_SUFFIXES)})")
-    _, flame_path = networks.asset_paths(preferences.get(context))
+    prefs = preferences.get(context)
+    _, flame_path = networks.asset_paths(prefs)
+    tracking = networks.tracking_folder(prefs)
 
     def track(progress, cancel):
         from ..engine.tracking import track_video
         flame = networks.load_flame(flame_path)
         return track_video(path, flame=flame, progress=lambda done, total: progress(done / max(total, 1), "Tracking the video"),
-                           cancel=cancel)
+                           cancel=cancel, assets=tracking)
     return jobs.Job("Track video", track)
 
 

@@ -5,11 +5,16 @@ status bar, the mouse cursor and the sidebar, Esc cancels it, and the Blender da
 main thread when it is done. Background mode (``blender -b``, the bpy module) or
 ``synchronous=True``: the job runs to completion inside ``execute``.
 """
+import traceback
+
 import bpy
 
 from ..gagavatar_blender import deps, jobs
 
 TIMER_S = 0.2
+
+_modal: list = []
+"""The running modal operators' ``(job, window_manager, timer)``: :func:`unregister` stops them."""
 
 
 def finish(job, report, apply):
@@ -55,18 +60,26 @@ class JobOperator:
 
     def execute(self, context):
         from ..engine.errors import GAGAvatarError
+        inline = bpy.app.background or self.synchronous or context.window is None
         try:
             job = self.make_job(context)
+            if inline:
+                job.run_inline()
+            else:
+                job.start()
         except GAGAvatarError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
-        if bpy.app.background or self.synchronous or context.window is None:
-            job.run_inline()
+        except Exception as err:  # an unexpected failure before the work ran: one line, details in the console
+            print(traceback.format_exc())
+            self.report({"ERROR"}, f"{self.bl_label} failed: {type(err).__name__}: {err} (details in the console)")
+            return {"CANCELLED"}
+        if inline:
             return finish(job, self.report, lambda result: self.apply(context, result))
-        job.start()
         self._job = job
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_S, window=context.window)
+        _modal.append((job, wm, self._timer))
         wm.modal_handler_add(self)
         wm.progress_begin(0, 100)
         self._show(context)
@@ -83,10 +96,10 @@ class JobOperator:
                 area.tag_redraw()
 
     def _end(self, context) -> None:
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
-        wm.gagavatar_job.running = False
+        entry = next((e for e in _modal if e[0] is self._job), None)
+        if entry is not None:  # not already stopped by unregister()
+            _modal.remove(entry)
+            _stop(*entry)
         if context.workspace is not None:
             context.workspace.status_text_set(None)
 
@@ -106,3 +119,21 @@ class JobOperator:
         """Blender is cancelling the operator (window closed): stop the job."""
         self._job.cancel()
         self._end(context)
+
+
+def _stop(job, wm, timer) -> None:
+    """Cancel a modal operator's job (if still running) and remove its timer and progress display."""
+    if not job.done:
+        job.cancel()
+    try:
+        wm.event_timer_remove(timer)
+        wm.progress_end()
+        wm.gagavatar_job.running = False
+    except ReferenceError:  # the window manager is gone (Blender is quitting)
+        pass
+
+
+def unregister() -> None:
+    """Cancel the running job and remove its timer (Blender removes the modal handler with the operator class)."""
+    while _modal:
+        _stop(*_modal.pop())

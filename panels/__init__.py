@@ -93,12 +93,4 @@ class GAGAVATAR_PT_render(bpy.types.Panel):
 
 classes = (GAGAVATAR_PT_main, GAGAVATAR_PT_expressions, GAGAVATAR_PT_render)
 
-
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -183,3 +183,61 @@ def test_srgb_decoding_round_trips_through_the_standard_view_transform(scene, tm
     back = bpy.data.images.load(str(tmp_path / "ramp.png"))
     got = np.array(back.pixels[:]).reshape(-1, 4)[:, 0]
     assert np.abs(got * 255 - levels * 255).max() <= 0.5
+
+
+def test_linear_rec709_is_converted_to_the_files_working_space():
+    """Rec.2020 and ACEScg get their 3x3 matrices (white stays white), Rec.709 none; an unknown
+    working space is left alone with a warning naming it. Blender 4.x: always linear Rec.709."""
+    import bpy
+    from gagavatar.gagavatar_blender import colour
+    settings = getattr(bpy.data, "colorspace", None)
+    want = ("Linear Rec.709", "lin_rec709_scene") if settings is None else (settings.working_space,
+                                                                            settings.working_space_interop_id)
+    assert colour.working_space() == want
+    assert colour.conversion("Linear Rec.709", "lin_rec709_scene") == (None, "")
+    for args, want in ((("Linear Rec.2020", "lin_rec2020_scene"), colour.REC709_TO_REC2020),
+                       (("ACEScg", "lin_ap1_scene"), colour.REC709_TO_ACESCG),
+                       (("ACEScg", ""), colour.REC709_TO_ACESCG)):
+        matrix, warning = colour.conversion(*args)
+        assert matrix is want and warning == ""
+        assert np.allclose(matrix.sum(1), 1.0, atol=1e-6)  # D65 white -> the space's white (adapted for AP1)
+    rgb = np.array([[[0.2, 0.5, 0.9, 0.7]]], np.float32)
+    out = colour.to_working_space(rgb[..., :3], colour.REC709_TO_REC2020)
+    assert out.dtype == np.float32 and np.allclose(out[0, 0], colour.REC709_TO_REC2020 @ rgb[0, 0, :3], atol=1e-6)
+    matrix, warning = colour.conversion("Linear DCI-P3 D65", "lin_p3d65_scene")
+    assert matrix is None and "'Linear DCI-P3 D65'" in warning and "lin_p3d65_scene" in warning and "\n" not in warning
+
+
+def test_cache_loads_outside_its_lock():
+    """A slow load (a network, in the worker or render thread) blocks neither other keys (the
+    viewport's draw) nor size(); two threads asking for one key load it once."""
+    import threading
+    from gagavatar.gagavatar_blender import cache
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow():
+        calls.append(1)
+        started.set()
+        assert release.wait(10)
+        return "network"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get(("test", "slow", "cpu"), slow)))
+               for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        assert started.wait(10)
+        done = threading.Event()
+
+        def other():
+            cache.get(("test", "fast", "cpu"), lambda: "avatar")
+            cache.size()
+            done.set()
+        threading.Thread(target=other).start()
+        assert done.wait(2), "a load held the cache's lock"
+    finally:
+        release.set()
+        for t in threads:
+            t.join(10)
+    assert results == ["network", "network"] and len(calls) == 1
+    assert cache.drop(lambda key: key[0] == "test") == 2

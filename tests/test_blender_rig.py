@@ -93,3 +93,43 @@ def test_unposed_removes_the_head_pose_exactly(rig):
     J0 = np.array(pb.bone.head_local)
     assert np.allclose(H[:3, :3], R, atol=1e-6)
     assert np.allclose(H[:3, 3], J0 + np.array(pb.location) - R @ J0, atol=1e-5)
+
+
+def test_evaluated_vertices_frees_the_temporary_mesh_on_errors(rig):
+    """``to_mesh_clear`` runs even when reading the evaluated mesh fails."""
+    from types import SimpleNamespace
+    rig_module = rig[4]
+    cleared = []
+
+    def fail(*args):
+        raise RuntimeError("read failed")
+    mesh = SimpleNamespace(vertices=type("Vertices", (), {"__len__": lambda self: 3, "foreach_get": fail})())
+    evaluated = SimpleNamespace(to_mesh=lambda: mesh, to_mesh_clear=lambda: cleared.append(True))
+    obj = SimpleNamespace(evaluated_get=lambda depsgraph: evaluated)
+    with pytest.raises(RuntimeError, match="read failed"):
+        rig_module.evaluated_vertices(obj, None)
+    assert cleared == [True]
+
+
+def test_bulk_keys_on_every_blender(rig):
+    """fcurves: shape-key and array keys with their channel group, through the action API of the
+    running Blender (4.2/4.3 ``Action.fcurves``, 4.4/4.5 layered actions without ``group_name``, 5.x)."""
+    import bpy
+    from gagavatar.gagavatar_blender import fcurves
+    _, _, mesh_obj, arm_obj, _ = rig
+    key = mesh_obj.data.shape_keys
+    fcurve = fcurves.ensure_fcurve(key, 'key_blocks["Exp001"].value', 0, "Expression")
+    fcurves.write_keys(fcurve, np.array([1.0, 2.0, 3.0]), np.array([0.0, 5.0, -3.0]))
+    assert fcurves.ensure_fcurve(key, 'key_blocks["Exp001"].value', 0, "Expression") == fcurve
+    assert fcurve.group.name == "Expression" and len(fcurve.keyframe_points) == 3
+    fcurves.key_array(arm_obj, 'pose.bones["root"].location', np.array([1.0, 2.0]),
+                      np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]), "root")
+    try:
+        bpy.context.scene.frame_set(2)
+        assert key.key_blocks["Exp001"].value == pytest.approx(5.0)  # past the default 0..1 slider range
+        assert tuple(arm_obj.pose.bones["root"].location) == pytest.approx((1.0, 2.0, 3.0))
+    finally:
+        key.animation_data_clear()
+        arm_obj.animation_data_clear()
+        key.key_blocks["Exp001"].value = 0.0
+        arm_obj.pose.bones["root"].location = (0.0, 0.0, 0.0)

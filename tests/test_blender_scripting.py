@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 FARM_RENDER = """
 import sys, bpy
-bpy.ops.wm.read_userpref()  # Blender loads them at startup; the bpy module does not
+if bpy.app.version >= (4, 3):
+    bpy.ops.wm.read_userpref()  # Blender loads them at startup; the bpy module does not
+else:  # the bpy 4.2 module crashes in read_userpref (even with no add-on): enable what the preferences hold
+    import addon_utils
+    addon_utils.enable('bl_ext.user_default.gagavatar', default_set=True)
 assert any(name.endswith('.gagavatar') for name in bpy.context.preferences.addons.keys()), 'extension not enabled'
 bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
 assert bpy.context.scene.render.engine == 'GAGAVATAR'
@@ -36,7 +39,7 @@ def _run(args, env):
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory, assets_dir):
+def farm(tmp_path_factory, assets_dir, astronaut):
     spec_path = REPO / "tools" / "build_extension.py"
     import importlib.util
     spec = importlib.util.spec_from_file_location("build_extension", spec_path)
@@ -45,7 +48,7 @@ def farm(tmp_path_factory, assets_dir):
     root = tmp_path_factory.mktemp("farm")
     zip_path = build.build(root / "zip")
     photo = root / "astronaut.png"
-    Image.fromarray(skimage.data.astronaut()).save(photo)
+    Image.fromarray(astronaut).save(photo)
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(root / "node_user"), GAGAVATAR_ASSETS=str(assets_dir))
     out = _run([str(REPO / "tools" / "blender_farm_example.py"), str(photo), str(root / "out"),
                 "--install", str(zip_path), "--resolution", "64", "--frames", "2"], env)

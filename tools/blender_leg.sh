@@ -12,8 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=$1
 shift
+BUNDLED=()  # what that Blender bundles where its bpy wheel does not pin it: bpy 4.2 takes any numpy
 case "$VERSION" in
-    4.2.*|4.5.*|5.0.*) PYV=3.11 ;;
+    4.2.*) PYV=3.11; BUNDLED=("numpy==1.26.4") ;;
+    4.5.*|5.0.*) PYV=3.11 ;;
     5.1.*|5.2.*|5.3.*) PYV=3.13 ;;
     *) echo "blender_leg.sh: no Python known for bpy $VERSION" >&2; exit 2 ;;
 esac
@@ -22,12 +24,12 @@ if ! PY=$(bash tools/find_python.sh "$PYV"); then
     exit 3
 fi
 VENV=${GAGAVATAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gagavatar-dev}/bpy-$VERSION
-if [ "$(cat "$VENV/.ready" 2>/dev/null)" != "$VERSION" ]; then
+if [ "$(cat "$VENV/.ready" 2>/dev/null)" != "$VERSION ${BUNDLED[*]}" ]; then
     rm -rf "$VENV"
     mkdir -p "$(dirname "$VENV")"
     "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "bpy==$VERSION" pytest
-    echo "$VERSION" > "$VENV/.ready"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "bpy==$VERSION" "${BUNDLED[@]}" pytest
+    echo "$VERSION ${BUNDLED[*]}" > "$VENV/.ready"
 fi
 RESULTS=${GAGAVATAR_RESULTS:-.cache/results}
 mkdir -p "$RESULTS"
