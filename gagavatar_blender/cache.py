@@ -2,7 +2,7 @@
 
 The render engine loads the GAGAvatar network once and reuses it for every frame and render;
 "Free GAGAvatar Memory" (``gagavatar.free_memory``) empties the cache, and so does opening a file
-(a ``load_post`` handler, see :mod:`.avatar_ids`).
+(a ``load_post`` handler, see :mod:`.handlers`).
 
 Loading runs outside the cache's lock: a load (seconds) in the worker or render thread holds only
 the lock of its own key, so the viewport's draw (another key, or :func:`size`, :func:`free`)
