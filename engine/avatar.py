@@ -19,13 +19,13 @@ splat viewers (``export_ply``).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .covariance import covariance_from_scale_rotation
 from .errors import GAGAvatarError
 
@@ -107,7 +107,7 @@ class Avatar:
                 arrays[name] = t.detach().float().cpu().numpy()
         arrays["format"] = np.array(_FORMAT)
         arrays["version"] = np.array(_VERSION)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         return path
 
     @classmethod
@@ -167,7 +167,7 @@ class Avatar:
         header = ["ply", "format binary_little_endian 1.0", f"element vertex {table.shape[0]}"]
         header += [f"property float {name}" for name in cols] + ["end_header"]
         path = Path(path)
-        _atomic_write(path, lambda f: (f.write(("\n".join(header) + "\n").encode("ascii")), f.write(table.tobytes())))
+        atomic_write(path, lambda f: (f.write(("\n".join(header) + "\n").encode("ascii")), f.write(table.tobytes())))
         return path
 
 
@@ -188,17 +188,3 @@ def _matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
     for i in range(4):
         q[k == i] = cands[i][k == i]
     return torch.nn.functional.normalize(q, dim=-1)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

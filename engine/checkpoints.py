@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write
 from .errors import AssetError, UnsafeFileError
 
 OFFICIAL_FORMAT = "official"
@@ -233,19 +234,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     Saved through a file object, like Fabric's in-memory buffer, so the archive folder is
     ``archive/`` whatever the file is called.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _cpu_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> OrderedDict:

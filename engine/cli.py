@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .atomic import atomic_write, umask
 from .errors import Cancelled, GAGAvatarError
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -70,14 +71,35 @@ def _load_model_and_flame(args):
 def _write_image(path: Path, rgb) -> None:
     """Write an ``H x W x 3`` uint8 RGB array atomically (format from the suffix)."""
     import cv2
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
-            raise GAGAvatarError(f"cannot write image {path}: use a .png or .jpg name in a writable folder")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        ok, data = cv2.imencode(path.suffix, rgb[..., ::-1])
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise GAGAvatarError(f"cannot write image {path}: use a .png or .jpg name")
+    atomic_write(path, lambda f: f.write(data.tobytes()))
+
+
+FRAME_PATTERN = "frame_*.png"
+"""The files ``render -o FOLDER`` writes (``frame_00000.png``, ...); ``--overwrite`` replaces only these."""
+
+
+def _frames_folder(out: Path, overwrite: bool) -> None:
+    """Check ``render -o FOLDER``: a new or empty folder, or with ``overwrite`` one holding only frames.
+
+    Raises:
+        GAGAvatarError: the folder holds other files (never replaced), or frames without ``overwrite``.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise GAGAvatarError(f"{out} is a file, not a folder: name a folder for the PNG frames or an .mp4 file")
+    others = sorted(p.name for p in out.iterdir() if not p.match(FRAME_PATTERN))
+    if others:
+        raise GAGAvatarError(f"output folder {out} holds other files ({', '.join(others[:3])}"
+                             f"{', ...' if len(others) > 3 else ''}): choose a new or empty folder")
+    if any(out.iterdir()) and not overwrite:
+        raise GAGAvatarError(f"output folder {out} already holds frames: choose another or pass --overwrite")
 
 
 # ---------------------------------------------------------------- commands
@@ -190,8 +212,8 @@ def cmd_render(args) -> int:
     shape = avatar.shape if avatar.shape is not None else torch.zeros(1, 300, device=device)
     out = Path(args.output)
     as_video = out.suffix.lower() in VIDEO_SUFFIXES
-    if not as_video and out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise GAGAvatarError(f"output folder {out} is not empty: choose another or pass --overwrite")
+    if not as_video:
+        _frames_folder(out, args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     progress = _progress("render", n)
@@ -216,9 +238,11 @@ def cmd_render(args) -> int:
         if as_video:
             _write_video(staging / f"video{out.suffix}", np.stack(frames), fps)
             os.replace(staging / f"video{out.suffix}", out)
+        elif out.exists():  # only frames are there (checked above): replace the ones written now
+            for frame in sorted(staging.iterdir()):
+                os.replace(frame, out / frame.name)
         else:
-            if out.exists():
-                shutil.rmtree(out)
+            os.chmod(staging, 0o777 & ~umask())
             os.replace(staging, out)
     finally:
         progress.close()

@@ -21,7 +21,6 @@ import io
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import GAGAvatarError
 from .safe_pickle import safe_load
 
@@ -89,17 +89,6 @@ class DrivingSequence:
 
 def _natural_key(key: Any) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(key))]
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _records(seq: DrivingSequence) -> dict:
@@ -171,12 +160,12 @@ def save_sequence(seq: DrivingSequence, path: PathLike) -> None:
         arrays.update({k: getattr(seq, k).numpy() for k in ("shape", "bbox", "landmarks") if getattr(seq, k) is not None})
         arrays["fps"] = np.asarray(seq.fps, np.float64)
         arrays["source"] = np.asarray(seq.source, dtype=np.str_)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     elif suffix == ".pkl":
-        _atomic_write(path, lambda f: pickle.dump(_records(seq), f, protocol=4))
+        atomic_write(path, lambda f: pickle.dump(_records(seq), f, protocol=4))
     elif suffix == ".pt":
         recs = {k: {n: torch.from_numpy(np.asarray(v)) for n, v in r.items()} for k, r in _records(seq).items()}
-        _atomic_write(path, lambda f: torch.save(recs, f))
+        atomic_write(path, lambda f: torch.save(recs, f))
     else:
         raise GAGAvatarError(f"cannot write a driving sequence as {path.name}: use .npz, .pkl or .pt")
 

@@ -111,3 +111,52 @@ def test_reconstruct_and_render_main_job(assets_env, tmp_path, capsys):
     assert 0 < np.mean((a - b) ** 2) < 255.0 ** 2 * 1e-4   # bf16 differs, by less than 40 dB PSNR
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_render_overwrite_replaces_only_frames_and_keeps_other_files(assets_env, tmp_path, capsys):
+    """`render -o FOLDER --overwrite` never deletes what it did not write: a folder holding anything
+    but frames is refused (one line, untouched); a folder of frames gets the new ones in place."""
+    img = tmp_path / "astronaut.png"
+    cv2.imwrite(str(img), skimage.data.astronaut()[..., ::-1])
+    avatar_path = tmp_path / "avatar.npz"
+    assert run("reconstruct", img, "-o", avatar_path, "--device", "cpu") == 0
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    (mine / "frame_00000.png").write_bytes(b"old")
+    capsys.readouterr()
+    assert run("render", avatar_path, "-o", mine, "--frames", "1", "--device", "cpu", "--overwrite") == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds other files (thesis.txt)" in err and "\n" not in err
+    assert sorted(p.name for p in mine.iterdir()) == ["frame_00000.png", "thesis.txt"]
+    assert (mine / "frame_00000.png").read_bytes() == b"old"
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        (frames / f"frame_{i:05d}.png").write_bytes(b"old")
+    assert run("render", avatar_path, "-o", frames, "--frames", "2", "--device", "cpu", "--overwrite") == 0
+    assert [cv2.imread(str(frames / f"frame_{i:05d}.png")) is not None for i in range(3)] == [True, True, False]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_written_files_honour_the_umask(assets_env, tmp_path):
+    """Avatars, sequences and frames are readable by other users under the usual umask (a render
+    farm node running as another user), not left 0600 by the atomic write."""
+    import os
+    from gagavatar.engine.atomic import atomic_write
+    previous = os.umask(0o022)
+    try:
+        assert atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x")).stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert atomic_write(tmp_path / "b.bin", lambda f: f.write(b"x")).stat().st_mode & 0o777 == 0o600
+        os.umask(0o022)
+        img = tmp_path / "astronaut.png"
+        cv2.imwrite(str(img), skimage.data.astronaut()[..., ::-1])
+        assert run("reconstruct", img, "-o", tmp_path / "avatar.npz", "--device", "cpu") == 0
+        assert (tmp_path / "avatar.npz").stat().st_mode & 0o777 == 0o644
+        assert run("render", tmp_path / "avatar.npz", "-o", tmp_path / "frames", "--frames", "1", "--device", "cpu") == 0
+        assert (tmp_path / "frames").stat().st_mode & 0o777 == 0o755
+        assert (tmp_path / "frames" / "frame_00000.png").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)
