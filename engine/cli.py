@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,9 @@ def cmd_info(args) -> int:
 def cmd_track(args) -> int:
     from .assets import asset_path
     from .flame import load_flame
-    from .sequence import DrivingSequence, save_sequence
+    from .sequence import DrivingSequence, check_save_path, save_sequence
     from .tracking import track_image, track_video
+    check_save_path(args.output)
     flame = load_flame(asset_path("FLAME_with_eye.pt", args.assets))
     src = Path(args.input)
     if src.suffix.lower() in VIDEO_SUFFIXES:
@@ -199,6 +201,13 @@ def cmd_render(args) -> int:
     from .animation import orbit_sequence
     from .avatar import Avatar
     from .sequence import load_sequence
+    out = Path(args.output)
+    as_video = out.suffix.lower() in VIDEO_SUFFIXES
+    if not as_video:
+        if out.suffix and not out.is_dir():
+            raise GAGAvatarError(f"cannot render to {out.name}: name a video ({', '.join(sorted(VIDEO_SUFFIXES))}) "
+                                 "or a folder for PNG frames")
+        _frames_folder(out, args.overwrite)
     model, flame, device = _load_model_and_flame(args)
     avatar = Avatar.load(args.avatar, device=device)
     if args.drive:
@@ -210,10 +219,6 @@ def cmd_render(args) -> int:
     n = min(seq.num_frames, args.frames) if args.frames else seq.num_frames
     fps = args.fps or seq.fps
     shape = avatar.shape if avatar.shape is not None else torch.zeros(1, 300, device=device)
-    out = Path(args.output)
-    as_video = out.suffix.lower() in VIDEO_SUFFIXES
-    if not as_video:
-        _frames_folder(out, args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     progress = _progress("render", n)
@@ -266,8 +271,34 @@ def _write_video(path: Path, frames, fps: float) -> None:
 
 
 # ---------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``error: ...``, exit code 2), like the commands' own."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive(kind):
+    """An argparse type: a number of ``kind`` greater than zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number greater than 0, got '{text}'")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as ``warning: <message>`` lines (no source file, line or code)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gagavatar", description="GAGAvatar: one-photo animatable Gaussian head avatars")
+    p = _Parser(prog="gagavatar", description="GAGAvatar: one-photo animatable Gaussian head avatars")
     p.add_argument("--version", action="version", version=f"gagavatar {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -307,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("avatar")
     d.add_argument("--drive", help="driving sequence (.npz, official optim.pkl/smoothed.pkl); default: a built-in animation")
     d.add_argument("-o", "--output", required=True, help="out.mp4 or a folder for PNG frames")
-    d.add_argument("--frames", type=int, help="render at most N frames")
-    d.add_argument("--fps", type=float, help="frame rate (default: the sequence's)")
-    d.add_argument("--batch", type=int, default=1, help="frames per forward pass")
+    d.add_argument("--frames", type=_positive(int), help="render at most N frames")
+    d.add_argument("--fps", type=_positive(float), help="frame rate (default: the sequence's)")
+    d.add_argument("--batch", type=_positive(int), default=1, help="frames per forward pass")
     d.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="neural renderer precision (bf16: faster on GPUs, >= 45 dB from fp32)")
     d.add_argument("--overwrite", action="store_true")
@@ -329,7 +360,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Run a parsed subcommand (``args.func``): its exit code, or 130 when cancelled and 2 (with a
     one-line ``error:`` message on stderr) on a user error."""
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except Cancelled as e:
         print(f"cancelled: {e}", file=sys.stderr)
         return 130

@@ -151,9 +151,22 @@ def _load_torch_records(path: Path) -> Any:
     return safe_load(io.BytesIO(payload))
 
 
+SAVE_SUFFIXES = (".npz", ".pkl", ".pt")
+"""The file types :func:`save_sequence` writes."""
+
+
+def check_save_path(path: PathLike) -> Path:
+    """``path`` as a :class:`Path` if :func:`save_sequence` can write it; else a one-line error (check
+    before tracking, not after)."""
+    path = Path(path)
+    if path.suffix.lower() not in SAVE_SUFFIXES:
+        raise GAGAvatarError(f"cannot write a driving sequence as {path.name}: use {', '.join(SAVE_SUFFIXES)}")
+    return path
+
+
 def save_sequence(seq: DrivingSequence, path: PathLike) -> None:
     """Write ``seq`` to ``path`` (``.npz``, ``.pkl`` or ``.pt``), atomically."""
-    path = Path(path)
+    path = check_save_path(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         arrays = {k: getattr(seq, k).numpy() for k in ("expression", "jaw", "eyes", "transform", "missing")}
@@ -166,8 +179,6 @@ def save_sequence(seq: DrivingSequence, path: PathLike) -> None:
     elif suffix == ".pt":
         recs = {k: {n: torch.from_numpy(np.asarray(v)) for n, v in r.items()} for k, r in _records(seq).items()}
         atomic_write(path, lambda f: torch.save(recs, f))
-    else:
-        raise GAGAvatarError(f"cannot write a driving sequence as {path.name}: use .npz, .pkl or .pt")
 
 
 def load_sequence(path: PathLike) -> DrivingSequence:

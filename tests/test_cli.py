@@ -60,6 +60,8 @@ def test_info(official_checkpoint, capsys):
     ["render", "nope.npz", "-o", "{tmp}/out.mp4", "--device", "cpu"],
     ["reconstruct", "nope.png", "-o", "{tmp}/a.npz", "--device", "cpu"],
     ["info", "{tmp}/missing.pt"],
+    ["render", "nope.npz", "-o", "{tmp}/out.xyz", "--device", "cpu"],   # neither a video nor a folder
+    ["track", "{tmp}/clip.mp4", "-o", "{tmp}/drive.txt"],               # refused before any tracking
 ])
 def test_user_errors_are_one_line_and_write_nothing(argv, assets_env, tmp_path, capsys):
     code = run(*[a.format(tmp=tmp_path) for a in argv])
@@ -160,3 +162,25 @@ def test_written_files_honour_the_umask(assets_env, tmp_path):
         assert (tmp_path / "frames" / "frame_00000.png").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(previous)
+
+
+@pytest.mark.parametrize("option, value", [("--frames", "0"), ("--frames", "-1"), ("--fps", "0"), ("--batch", "0"),
+                                           ("--fps", "fast")])
+def test_counts_and_rates_must_be_positive(option, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run("render", "a.npz", "-o", tmp_path / "out.mp4", option, value)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert err.startswith(f"error: argument {option}: expected a number greater than 0, got '{value}'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_warnings_are_plain_warning_lines(capsys):
+    import argparse
+    import warnings
+
+    def command(args):
+        warnings.warn("1 of 270 frames have no face: they are interpolated")
+        return 0
+    assert cli.run_command(argparse.Namespace(func=command)) == 0
+    assert capsys.readouterr().err == "warning: 1 of 270 frames have no face: they are interpolated\n"
