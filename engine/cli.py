@@ -372,3 +372,7 @@ def run_command(args: argparse.Namespace) -> int:
     except GAGAvatarError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, ...: what and where, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}: free some space or choose another place", file=sys.stderr)
+        return 2

@@ -62,13 +62,20 @@ class DrivingSequence:
             if value is not None:
                 setattr(self, name, torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value,
                                                     dtype=torch.float32))
-        T = self.expression.shape[0]
+        T = self.expression.shape[0] if self.expression.dim() else 0
+        if T == 0:
+            raise GAGAvatarError("driving sequence: it has no frames: track a video or photo with a visible face")
         expected = {"expression": (T, 100), "jaw": (T, 3), "eyes": (T, 6), "transform": (T, 3, 4),
                     "shape": (300,), "bbox": (T, 4), "landmarks": (T, 70, 2)}
         for name, want in expected.items():
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != want:
                 raise GAGAvatarError(f"driving sequence: {name} has shape {tuple(value.shape)}, expected {want}")
+            bad = None if value is None else ~torch.isfinite(value)
+            if bad is not None and bad.any():  # one NaN coefficient would make every FLAME vertex NaN
+                where = "" if name == "shape" else f" (first at frame {int(bad.reshape(T, -1).any(-1).nonzero()[0])})"
+                raise GAGAvatarError(f"driving sequence: {name} holds NaN or infinite values{where}: "
+                                     "re-track the source or fix the file")
         if self.missing is None:
             self.missing = torch.zeros(T, dtype=torch.bool)
         self.missing = torch.as_tensor(np.asarray(self.missing), dtype=torch.bool).reshape(-1)

@@ -184,3 +184,20 @@ def test_warnings_are_plain_warning_lines(capsys):
         return 0
     assert cli.run_command(argparse.Namespace(func=command)) == 0
     assert capsys.readouterr().err == "warning: 1 of 270 frames have no face: they are interpolated\n"
+
+
+def test_disk_errors_are_one_line(tmp_path, capsys):
+    import argparse
+    import errno
+
+    from gagavatar.engine.atomic import atomic_write
+
+    def command(args):
+        def write(f):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "avatar.npz"))
+        atomic_write(tmp_path / "avatar.npz", write)
+        return 0
+    assert cli.run_command(argparse.Namespace(func=command)) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: No space left on device: {tmp_path / 'avatar.npz'}: free some space or choose another place\n"
+    assert list(tmp_path.iterdir()) == []  # no temporary left beside the output

@@ -93,3 +93,22 @@ def test_validation_and_bad_suffix(tmp_path):
         save_sequence(_seq(), tmp_path / "s.txt")
     with pytest.raises(GAGAvatarError, match="not found"):
         load_sequence(tmp_path / "none.npz")
+
+
+def _arrays(T=4):
+    return dict(expression=np.zeros((T, 100), np.float32), jaw=np.zeros((T, 3), np.float32),
+                eyes=np.zeros((T, 6), np.float32), transform=np.tile(np.eye(3, 4, dtype=np.float32), (T, 1, 1)))
+
+
+@pytest.mark.parametrize("name, index", [("expression", (2, 7)), ("jaw", (3, 0)), ("transform", (1, 2, 3))])
+def test_nan_in_a_driving_sequence_is_refused_naming_the_frame(name, index):
+    arrays = _arrays()
+    arrays[name][index] = np.nan
+    with pytest.raises(GAGAvatarError, match=rf"^driving sequence: {name} holds NaN or infinite values "
+                                             rf"\(first at frame {index[0]}\)"):
+        DrivingSequence(**arrays, fps=25.0)
+
+
+def test_a_sequence_without_frames_is_one_line():
+    with pytest.raises(GAGAvatarError, match="^driving sequence: it has no frames"):
+        DrivingSequence(**_arrays(0), fps=25.0)

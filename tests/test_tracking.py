@@ -205,3 +205,10 @@ def test_ema_and_rotation_6d():
     assert np.abs(zero_phase - ramp)[20:-20].max() < 1e-6 < np.abs(one_pass - ramp)[20:-20].min()  # no lag
     R = cv2.Rodrigues(np.array([0.3, -0.2, 0.5]))[0]
     assert np.allclose(rotation_from_6d(rotation_to_6d(R)), R)
+
+
+def test_a_folder_given_as_the_image_is_named_as_such(tmp_path):
+    from gagavatar.engine.errors import GAGAvatarError
+    from gagavatar.engine.tracking.crop import load_rgb
+    with pytest.raises(GAGAvatarError, match="is a folder, not an image"):
+        load_rgb(tmp_path)

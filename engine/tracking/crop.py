@@ -90,6 +90,8 @@ def load_rgb(image: ImageLike) -> np.ndarray:
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise GAGAvatarError(f"{path} is a folder, not an image: name a JPEG or PNG file")
         if not path.is_file():
             raise GAGAvatarError(f"image {path} not found: check the path")
         from PIL import Image
