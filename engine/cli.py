@@ -14,6 +14,7 @@ User errors print one line (``error: ...``) and exit with status 2; nothing part
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -21,11 +22,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 from .. import __version__
 from .atomic import atomic_write, umask
 from .errors import Cancelled, GAGAvatarError
+from .video_writer import VideoWriter
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 
@@ -220,54 +221,39 @@ def cmd_render(args) -> int:
     fps = args.fps or seq.fps
     shape = avatar.shape if avatar.shape is not None else torch.zeros(1, 300, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = None if as_video else Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     progress = _progress("render", n)
     try:
-        frames = []
-        for start in range(0, n, args.batch):
-            stop = min(n, start + args.batch)
-            sl = slice(start, stop)
-            with torch.no_grad():
-                verts = flame(shape=shape.expand(stop - start, -1),
-                              expression=seq.expression[sl].to(device),
-                              pose=torch.cat([torch.zeros(stop - start, 3, device=device), seq.jaw[sl].to(device)], -1),
-                              eyes=seq.eyes[sl].to(device))
-                frame = model.render(avatar, verts, seq.transform[sl].to(device), precision=args.precision)
-            rgb = (frame.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for i, img in enumerate(rgb):
-                if as_video:
-                    frames.append(img)
-                else:
-                    _write_image(staging / f"frame_{start + i:05d}.png", img)
-            progress(stop)
-        if as_video:
-            _write_video(staging / f"video{out.suffix}", np.stack(frames), fps)
-            os.replace(staging / f"video{out.suffix}", out)
-        elif out.exists():  # only frames are there (checked above): replace the ones written now
+        # frames are streamed: to ffmpeg (constant memory) or to PNGs in the staging folder
+        with VideoWriter(out, fps) if as_video else contextlib.nullcontext() as video:
+            for start in range(0, n, args.batch):
+                stop = min(n, start + args.batch)
+                sl = slice(start, stop)
+                with torch.no_grad():
+                    verts = flame(shape=shape.expand(stop - start, -1),
+                                  expression=seq.expression[sl].to(device),
+                                  pose=torch.cat([torch.zeros(stop - start, 3, device=device), seq.jaw[sl].to(device)], -1),
+                                  eyes=seq.eyes[sl].to(device))
+                    frame = model.render(avatar, verts, seq.transform[sl].to(device), precision=args.precision)
+                rgb = (frame.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                for i, img in enumerate(rgb):
+                    if video is not None:
+                        video.write(img)
+                    else:
+                        _write_image(staging / f"frame_{start + i:05d}.png", img)
+                progress(stop)
+        if staging is not None and out.exists():  # only frames are there (checked above): replace those written now
             for frame in sorted(staging.iterdir()):
                 os.replace(frame, out / frame.name)
-        else:
+        elif staging is not None:
             os.chmod(staging, 0o777 & ~umask())
             os.replace(staging, out)
     finally:
         progress.close()
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"rendered {n} frames at {fps:g} fps -> {out}")
     return 0
-
-
-def _write_video(path: Path, frames, fps: float) -> None:
-    """``[T, H, W, 3]`` uint8 RGB frames to an mp4 (OpenCV, mp4v codec)."""
-    import cv2
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-    if not writer.isOpened():
-        raise GAGAvatarError(f"cannot open a video writer for {path}: write PNG frames to a folder instead")
-    try:
-        for f in frames:
-            writer.write(np.ascontiguousarray(f[..., ::-1]))
-    finally:
-        writer.release()
 
 
 # ---------------------------------------------------------------- parser

@@ -91,7 +91,9 @@ def test_reconstruct_and_render_main_job(assets_env, tmp_path, capsys):
     assert cv2.imread(str(tmp_path / "overlay.png")) is not None and (tmp_path / "avatar.ply").stat().st_size > 1e6
 
     video = tmp_path / "out.mp4"
-    assert run("render", avatar_path, "-o", video, "--frames", "2", "--device", "cpu") == 0
+    # 3 frames of the built-in orbit: the camera turns by 21.6 degrees between frames 0 and 1 (with 2
+    # frames it would sit at sin(0) = sin(pi) = 0 twice, only the mouth moving)
+    assert run("render", avatar_path, "-o", video, "--frames", "3", "--device", "cpu") == 0
     cap = cv2.VideoCapture(str(video))
     frames = []
     while True:
@@ -99,7 +101,7 @@ def test_reconstruct_and_render_main_job(assets_env, tmp_path, capsys):
         if not ok:
             break
         frames.append(f)
-    assert len(frames) == 2 and frames[0].shape == (512, 512, 3)
+    assert len(frames) == 3 and frames[0].shape == (512, 512, 3)
     assert np.abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 0.5  # the head moves
 
     folder = tmp_path / "frames"
@@ -201,3 +203,29 @@ def test_disk_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: No space left on device: {tmp_path / 'avatar.npz'}: free some space or choose another place\n"
     assert list(tmp_path.iterdir()) == []  # no temporary left beside the output
+
+
+def test_videos_are_h264_streamed_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from gagavatar.engine import video_writer
+    from gagavatar.engine.errors import GAGAvatarError
+    frames = [np.full((64, 48, 3), 40 * t, np.uint8) for t in range(5)]
+    path = tmp_path / "clip.mp4"
+    with video_writer.VideoWriter(path, 25.0) as video:
+        for f in frames:
+            video.write(f)
+    info = sp.run([video_writer.ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    assert "Video: h264" in info and "yuv420p" in info and "25 fps" in info
+    cap = cv2.VideoCapture(str(path))
+    assert sum(1 for _ in iter(lambda: cap.read()[0], False)) == 5
+    # ffmpeg failing at the end (a full disk): one line, no file, no temporary
+    fail = tmp_path / "ffmpeg"
+    fail.write_text("#!/bin/sh\ncat >/dev/null\necho 'av_interleaved_write_frame(): No space left on device' >&2\nexit 1\n")
+    fail.chmod(0o755)
+    monkeypatch.setattr(video_writer, "ffmpeg_exe", lambda: str(fail))
+    with pytest.raises(GAGAvatarError, match=r"cannot write .*full.mp4: ffmpeg failed \(av_interleaved_write_frame\(\): "
+                                             r"No space left on device\)"):
+        with video_writer.VideoWriter(tmp_path / "full.mp4", 25.0) as video:
+            video.write(frames[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "ffmpeg"]
