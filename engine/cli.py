@@ -70,6 +70,18 @@ def _load_model_and_flame(args):
     return model, flame, device
 
 
+def _sound(seq, args):
+    """``(video, start seconds)`` whose audio the render carries: the driving sequence's source clip,
+    unless ``--no-audio``, the sequence was not tracked from a video, or that video is gone (a warning)."""
+    source = Path(seq.source) if seq.source else None
+    if args.no_audio or not args.drive or source is None or source.suffix.lower() not in VIDEO_SUFFIXES:
+        return None
+    if not source.is_file():
+        warnings.warn(f"the driving clip {source} is not there any more: rendering without its sound")
+        return None
+    return source, seq.start_time
+
+
 def _write_image(path: Path, rgb) -> None:
     """Write an ``H x W x 3`` uint8 RGB array atomically (format from the suffix)."""
     import cv2
@@ -225,7 +237,7 @@ def cmd_render(args) -> int:
     progress = _progress("render", n)
     try:
         # frames are streamed: to ffmpeg (constant memory) or to PNGs in the staging folder
-        with VideoWriter(out, fps) if as_video else contextlib.nullcontext() as video:
+        with VideoWriter(out, fps, _sound(seq, args)) if as_video else contextlib.nullcontext() as video:
             for start in range(0, n, args.batch):
                 stop = min(n, start + args.batch)
                 sl = slice(start, stop)
@@ -329,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=_positive(int), default=1, help="frames per forward pass")
     d.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="neural renderer precision (bf16: faster on GPUs, >= 45 dB from fp32)")
-    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--overwrite", action="store_true", help="replace the frames of an earlier render in the folder")
+    d.add_argument("--no-audio", action="store_true",
+                   help="leave out the sound of the video the driving sequence was tracked from")
     common(d)
     d.set_defaults(func=cmd_render)
 

@@ -4,7 +4,9 @@ Formats (chosen by suffix):
 
 * ``.npz`` (ours, read with ``allow_pickle=False``): arrays ``expression [T,100]``, ``jaw [T,3]``,
   ``eyes [T,6]``, ``transform [T,3,4]``, ``fps []``, optional ``shape [300]``, ``bbox [T,4]``,
-  ``landmarks [T,70,2]``, ``missing [T]`` (bool) and ``source`` (a 0-d unicode array).
+  ``landmarks [T,70,2]``, ``missing [T]`` (bool), ``source`` (a 0-d unicode array: the tracked
+  photo or video) and ``start_time`` (seconds into the source video at frame 0: where its sound
+  starts, for ``gagavatar render``).
 * ``.pkl`` (the official tracker's ``optim.pkl`` / ``smoothed.pkl``): a dict ``frame key ->
   {shapecode, expcode, posecode (global 3 + jaw 3), eyecode, transform_matrix, bbox}``; frame keys
   are sorted naturally (``f2`` before ``f10``); read through :mod:`.safe_pickle`. The official files
@@ -55,6 +57,7 @@ class DrivingSequence:
     landmarks: Optional[torch.Tensor] = None
     missing: Optional[torch.Tensor] = None
     source: str = ""
+    start_time: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("expression", "jaw", "eyes", "transform", "shape", "bbox", "landmarks"):
@@ -81,6 +84,7 @@ class DrivingSequence:
         self.missing = torch.as_tensor(np.asarray(self.missing), dtype=torch.bool).reshape(-1)
         if self.missing.shape[0] != T:
             raise GAGAvatarError(f"driving sequence: missing has {self.missing.shape[0]} frames, expected {T}")
+        self.start_time = float(self.start_time)
         self.fps = float(self.fps)
         if not self.fps > 0:
             raise GAGAvatarError(f"driving sequence: fps must be positive, got {self.fps}")
@@ -180,6 +184,7 @@ def save_sequence(seq: DrivingSequence, path: PathLike) -> None:
         arrays.update({k: getattr(seq, k).numpy() for k in ("shape", "bbox", "landmarks") if getattr(seq, k) is not None})
         arrays["fps"] = np.asarray(seq.fps, np.float64)
         arrays["source"] = np.asarray(seq.source, dtype=np.str_)
+        arrays["start_time"] = np.asarray(seq.start_time, np.float64)
         atomic_write(path, lambda f: np.savez(f, **arrays))
     elif suffix == ".pkl":
         atomic_write(path, lambda f: pickle.dump(_records(seq), f, protocol=4))
@@ -203,7 +208,8 @@ def load_sequence(path: PathLike) -> DrivingSequence:
         opt = {k: d[k] for k in ("shape", "bbox", "landmarks", "missing") if k in d}
         try:
             return DrivingSequence(expression=d["expression"], jaw=d["jaw"], eyes=d["eyes"], transform=d["transform"],
-                                   fps=float(d.get("fps", DEFAULT_FPS)), source=str(d.get("source", path)), **opt)
+                                   fps=float(d.get("fps", DEFAULT_FPS)), source=str(d.get("source", path)),
+                                   start_time=float(d.get("start_time", 0.0)), **opt)
         except KeyError as e:
             raise GAGAvatarError(f"{path} lacks {e} : it is not a driving sequence") from None
     if suffix == ".pkl":

@@ -1,4 +1,4 @@
-"""Rendered frames to a video file: streamed (constant memory), H.264, atomic.
+"""Rendered frames to a video file: streamed (constant memory), H.264, with the driving clip's sound, atomic.
 
 Frames go to ffmpeg as they are rendered (the binary that the ``imageio-ffmpeg`` wheel ships), so
 a long render holds one frame in memory, not all of them. The codec is H.264 in yuv420p (VP9 for
@@ -35,13 +35,18 @@ def ffmpeg_exe() -> str:
 class VideoWriter:
     """Write ``[H, W, 3]`` uint8 RGB frames to ``path`` at ``fps`` frames per second.
 
+    ``audio = (video, start_seconds)`` muxes that video's first audio track (if it has one) from
+    ``start_seconds`` on, AAC, cut to the frames' length: the voice of a tracked clip.
+
     Use as a context manager: leaving it normally finishes the file and renames it into place;
     leaving it on an exception stops ffmpeg and removes the temporary file.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float) -> None:
+    def __init__(self, path: str | os.PathLike, fps: float,
+                 audio: tuple[str | os.PathLike, float] | None = None) -> None:
         self.path = Path(path)
         self.fps = float(fps)
+        self.audio = audio
         self.frames = 0
         self._tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
         self._proc: subprocess.Popen | None = None
@@ -58,8 +63,13 @@ class VideoWriter:
 
     def _start(self, width: int, height: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        sound = ["-an"]
+        if self.audio is not None:
+            source, start = self.audio
+            sound = ["-ss", f"{max(float(start), 0.0):.6f}", "-i", str(source), "-map", "0:v", "-map", "1:a:0?",
+                     "-c:a", "aac", "-shortest"]
         cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-               "-s", f"{width}x{height}", "-r", f"{self.fps:g}", "-i", "-", "-an",
+               "-s", f"{width}x{height}", "-r", f"{self.fps:g}", "-i", "-", *sound,
                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", *CODECS.get(self.path.suffix.lower(), H264),
                "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(self._tmp)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

@@ -229,3 +229,41 @@ def test_videos_are_h264_streamed_and_a_failed_write_leaves_nothing(tmp_path, mo
         with video_writer.VideoWriter(tmp_path / "full.mp4", 25.0) as video:
             video.write(frames[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "ffmpeg"]
+
+
+def test_render_carries_the_driving_clips_sound(assets_env, tmp_path, capsys):
+    """A sequence tracked from a video keeps its path and start time; the rendered mp4 has that
+    video's sound from there (--no-audio: none; the clip gone: a warning, none)."""
+    import subprocess as sp
+
+    from gagavatar.engine.animation import orbit_sequence
+    from gagavatar.engine.sequence import DrivingSequence, load_sequence, save_sequence
+    from gagavatar.engine.video_writer import ffmpeg_exe
+    clip = tmp_path / "talk.mp4"
+    sp.run([ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=3",
+            "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=3:r=25", "-shortest", "-c:v", "libx264",
+            "-c:a", "aac", str(clip)], check=True)
+    img = tmp_path / "astronaut.png"
+    cv2.imwrite(str(img), skimage.data.astronaut()[..., ::-1])
+    avatar_path = tmp_path / "avatar.npz"
+    assert run("reconstruct", img, "-o", avatar_path, "--device", "cpu") == 0
+    orbit = orbit_sequence(Avatar.load(avatar_path).source_transform[0], n_frames=3, fps=25.0)
+    seq = DrivingSequence(expression=orbit.expression, jaw=orbit.jaw, eyes=orbit.eyes, transform=orbit.transform,
+                          fps=25.0, source=str(clip), start_time=1.0)
+    save_sequence(seq, tmp_path / "drive.npz")
+    assert load_sequence(tmp_path / "drive.npz").start_time == 1.0
+
+    def streams(path):
+        info = sp.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+        return "Video: h264" in info, "Audio: aac" in info
+
+    assert run("render", avatar_path, "--drive", tmp_path / "drive.npz", "-o", tmp_path / "with.mp4", "--device", "cpu") == 0
+    assert streams(tmp_path / "with.mp4") == (True, True)
+    assert run("render", avatar_path, "--drive", tmp_path / "drive.npz", "-o", tmp_path / "without.mp4",
+               "--device", "cpu", "--no-audio") == 0
+    assert streams(tmp_path / "without.mp4") == (True, False)
+    clip.unlink()
+    capsys.readouterr()
+    assert run("render", avatar_path, "--drive", tmp_path / "drive.npz", "-o", tmp_path / "gone.mp4", "--device", "cpu") == 0
+    assert streams(tmp_path / "gone.mp4") == (True, False)
+    assert "warning: the driving clip" in capsys.readouterr().err

@@ -100,7 +100,7 @@ def smooth_sequence(seq: DrivingSequence, pose_alpha: float = POSE_ALPHA, eyes_a
     eyes = torch.from_numpy(ema(seq.eyes.double().numpy(), eyes_alpha)).float()
     return DrivingSequence(expression=seq.expression.clone(), jaw=seq.jaw.clone(), eyes=eyes, transform=transform,
                            fps=seq.fps, shape=seq.shape, bbox=seq.bbox, landmarks=seq.landmarks,
-                           missing=seq.missing.clone(), source=seq.source)
+                           missing=seq.missing.clone(), source=seq.source, start_time=seq.start_time)
 
 
 def _read_meshes(path: Path, progress: Optional[Progress], cancel: Optional[Callable[[], bool]],
