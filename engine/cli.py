@@ -44,11 +44,11 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _progress(desc: str, total: int | None = None):
-    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr."""
+def _progress(desc: str, total: int | None = None, unit: str = "frame"):
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr; ``unit="B"`` counts bytes
+    (shown in kB, MB, ...)."""
     from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, unit="frame" if desc.startswith(("render", "track")) else "B",
-               unit_scale=not desc.startswith(("render", "track")), leave=True, file=sys.stderr)
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=True, file=sys.stderr)
 
     def update(done, total_now=None):
         if total_now is not None and bar.total != total_now:
@@ -56,6 +56,28 @@ def _progress(desc: str, total: int | None = None):
         bar.n = done
         bar.refresh()
     update.close = bar.close
+    return update
+
+
+def _passes_progress(desc: str, labels: tuple[str, ...]):
+    """A ``progress(done, total)`` callback for work counted over equal passes in one total (a
+    video's tracking: its frames read, then fitted): one labelled bar per pass."""
+    state = {"index": -1, "bar": None}
+
+    def update(done, total):
+        per = max(total // len(labels), 1)
+        index = min(max(done - 1, 0) // per, len(labels) - 1)
+        if index != state["index"]:
+            if state["bar"] is not None:
+                state["bar"](per, per)
+                state["bar"].close()
+            state["index"], state["bar"] = index, _progress(f"{desc}: {labels[index]}", per)
+        state["bar"](done - index * per, per)
+
+    def close():
+        if state["bar"] is not None:
+            state["bar"].close()
+    update.close = close
     return update
 
 
@@ -127,7 +149,7 @@ def cmd_assets(args) -> int:
             print(f"{name:{width}s} {status:8s} {message}")
         return 0 if all(status == "ok" for _, status, _ in rows) else 1
     if args.tracking_only:  # Google's MediaPipe models: no licence to accept
-        progress = _progress("download")
+        progress = _progress("download", unit="B")
         try:
             download_assets(folder, accept_license=False, progress=progress, names=TRACKING_MODELS)
         finally:
@@ -140,7 +162,7 @@ def cmd_assets(args) -> int:
         accept = input("Have you registered and accepted the FLAME licence terms? [y/N] ").strip().lower() in ("y", "yes")
     if not accept:
         download_assets(folder, accept_license=False)   # raises the licence error, downloads nothing
-    progress = _progress("download")
+    progress = _progress("download", unit="B")
     try:
         download_assets(folder, accept_license=accept, progress=progress)
     finally:
@@ -166,7 +188,7 @@ def cmd_track(args) -> int:
     flame = load_flame(asset_path("FLAME_with_eye.pt", args.assets))
     src = Path(args.input)
     if src.suffix.lower() in VIDEO_SUFFIXES:
-        progress = _progress("track")
+        progress = _passes_progress("track", ("reading faces", "fitting FLAME"))
         try:
             seq = track_video(src, flame, progress=progress, assets=args.assets)
         finally:

@@ -267,3 +267,13 @@ def test_render_carries_the_driving_clips_sound(assets_env, tmp_path, capsys):
     assert run("render", avatar_path, "--drive", tmp_path / "drive.npz", "-o", tmp_path / "gone.mp4", "--device", "cpu") == 0
     assert streams(tmp_path / "gone.mp4") == (True, False)
     assert "warning: the driving clip" in capsys.readouterr().err
+
+
+def test_tracking_a_video_shows_one_labelled_bar_per_pass(capsys):
+    progress = cli._passes_progress("track", ("reading faces", "fitting FLAME"))
+    for done in range(1, 541):  # 270 frames read, then 270 fitted, reported as one count of 540
+        progress(done, 540)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "track: reading faces: 100%" in err and "270/270" in err and "track: fitting FLAME: 100%" in err
+    assert "/540" not in err
