@@ -212,3 +212,10 @@ def test_a_folder_given_as_the_image_is_named_as_such(tmp_path):
     from gagavatar.engine.tracking.crop import load_rgb
     with pytest.raises(GAGAvatarError, match="is a folder, not an image"):
         load_rgb(tmp_path)
+
+
+def test_a_small_head_warns_that_the_avatar_will_be_soft(astronaut, flame):
+    small = cv2.resize(astronaut, (160, 160), interpolation=cv2.INTER_AREA)
+    with pytest.warns(UserWarning, match=r"the head in the image spans only \d+ px .* will look soft"):
+        t = track_image(small, flame, iterations=20)
+    assert t.crop_box[2] < 160

@@ -90,6 +90,11 @@ def find_face(rgb: np.ndarray, finder: FaceLandmarker, name: str = "the image") 
     return mesh, len(faces)
 
 
+SOFT_SIDE = 160
+"""Crop sides (source pixels) below this are upscaled more than 3.2x to the 512^2 source: a visibly
+soft avatar (the astronaut photo's crop is 205 px)."""
+
+
 def track_image(image: ImageLike, flame: Optional[FLAME] = None, matting: bool = True,
                 iterations: int = 300, assets: Optional[Union[str, os.PathLike]] = None) -> TrackedImage:
     """Detect the head in a photo, crop it like the official tracker, matte it and fit FLAME + camera.
@@ -112,6 +117,9 @@ def track_image(image: ImageLike, flame: Optional[FLAME] = None, matting: bool =
     with FaceLandmarker(assets=assets) as finder:
         mesh, n_faces = find_face(rgb, finder, name)
     box = crop_box(head_box(mesh))
+    if box[2] < SOFT_SIDE:
+        warnings.warn(f"the head in {name} spans only {box[2]:.0f} px of the photo (avatars are made at "
+                      f"{CROP_SIZE} px): the avatar will look soft; use a larger or closer photo", stacklevel=2)
     crop = crop_image(rgb, box, CROP_SIZE)
     if matting:
         with SelfieMatte(assets=assets) as matte:
