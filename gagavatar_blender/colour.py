@@ -55,6 +55,11 @@ def conversion(name: str, interop_id: str) -> tuple[np.ndarray | None, str]:
                   f"'{name}'; set Color Management > Working Space to one of these")
 
 
+def file_conversion() -> tuple[np.ndarray | None, str]:
+    """:func:`conversion` for the open file's working space."""
+    return conversion(*working_space())
+
+
 def to_working_space(rgb: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     """Linear Rec.709 ``rgb [..., 3]`` (premultiplied or not: the map is linear) in the working space."""
     if matrix is None:

@@ -5,9 +5,9 @@ folder (``extension_path_user(<package>, path="site-packages")``, put on ``sys.p
 by *Install Dependencies*, or taken from an existing environment of the same Python version whose
 site-packages the user names in the preferences (see docs/BLENDER.md).
 
-The status (:func:`problems`) is computed once, from the installed versions
-(``importlib.metadata``, see ``requirements.py``), and again only when the paths change or an
-install finishes (:func:`refresh`): panels and polls read the cached result.
+The status (:func:`problems`) is computed on first use, from the installed versions
+(``importlib.metadata``, see ``requirements.py``), and again only after the paths change (an
+install, the preference) or :func:`refresh`: panels and polls read the cached result.
 
 Threads: everything touching bpy or ``sys.path`` runs on the main thread; :func:`install_work`
 returns a bpy-free function for the job's worker thread, which only runs pip.
@@ -49,14 +49,15 @@ def wanted() -> tuple[str, ...]:
 
 def add_site_packages(extra: str = "") -> None:
     """Put the private site-packages (when it exists) and ``extra`` (an existing environment's
-    site-packages, from the preferences) on ``sys.path`` and refresh the status; called at
-    register, when the preference changes and after an install (main thread)."""
+    site-packages, from the preferences) on ``sys.path``; the status is checked again on its next
+    use. Called at register, when the preference changes and after an install (main thread)."""
+    global _problems
     for path in (str(site_packages(create=False)), bpy.path.abspath(extra) if extra else ""):
         if path and Path(path).is_dir() and path not in sys.path:
             sys.path.append(path)
             _added.append(path)
     importlib.invalidate_caches()
-    refresh()
+    _problems = None
 
 
 def remove_site_packages() -> None:

@@ -51,7 +51,7 @@ def write_mesh(name: str, gaussians: dict) -> bpy.types.Mesh:
     from .frame_render import srgb_to_linear
     preview = np.empty((len(xyz), 4), np.float32)
     preview[:, :3] = colour.to_working_space(srgb_to_linear(np.clip(gaussians["colors"][:, :3], 0.0, 1.0)),
-                                             colour.conversion(*colour.working_space())[0])
+                                             colour.file_conversion()[0])
     preview[:, 3] = np.asarray(gaussians["opacities"], dtype=np.float32)[:, 0]
     attr = mesh.attributes.new(PREVIEW_ATTR, "FLOAT_COLOR", "POINT")
     attr.data.foreach_set("color", preview.ravel())

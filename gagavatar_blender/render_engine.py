@@ -37,7 +37,7 @@ def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None
     model = networks.load_model(model_path, device)
     precision = depsgraph.scene.gagavatar_render.precision.lower()
     layers = frame_render.render_frame(model, views, intrinsics, progress, cancel, precision)
-    matrix, _ = colour.conversion(*colour.working_space())
+    matrix, _ = colour.file_conversion()
     if layers is not None and matrix is not None:  # linear Rec.709 -> the file's working space
         layers.combined[..., :3] = colour.to_working_space(layers.combined[..., :3], matrix)
         layers.coarse = colour.to_working_space(layers.coarse, matrix)
@@ -106,7 +106,7 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
             self.error_set(message)
             return
         if not self.is_animation or scene.frame_current == scene.frame_start:  # once per animation
-            for warning in (colour_warning(scene), colour.conversion(*colour.working_space())[1]):
+            for warning in (colour_warning(scene), colour.file_conversion()[1]):
                 if warning:
                     self.report({"WARNING"}, warning)
         self.update_stats("", "GAGAvatar: preparing")
