@@ -61,9 +61,10 @@ FLAME_LAYOUT: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 
-def _check_model_file(path: Path) -> None:
-    from .checkpoints import read_checkpoint
-    read_checkpoint(path)
+def _check_model_file(path: Path) -> str | None:
+    from .checkpoints import is_synthetic, read_checkpoint
+    _, meta_cfg = read_checkpoint(path)
+    return "SYNTHETIC weights (gagavatar assets synthesize): not a likeness" if is_synthetic(meta_cfg) else None
 
 
 def _check_flame_file(path: Path) -> None:
@@ -117,7 +118,8 @@ class Asset:
 
     name: str
     description: str
-    check: Callable[[Path], None]
+    check: Callable[[Path], str | None]
+    """Raises :class:`AssetError` for a bad file; may return a note on a good one."""
     url: str | None = None
     sha256: str | None = None
     needs_licence: bool = True
@@ -207,11 +209,12 @@ def check_assets(folder: str | os.PathLike) -> list[tuple[str, str, str]]:
         path, part = folder / asset.name, folder / f"{asset.name}.part"
         if path.exists():
             try:
-                asset.check(path)
+                note = asset.check(path)
             except AssetError as err:
                 report.append((asset.name, "invalid", str(err)))
             else:
-                report.append((asset.name, "ok", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"))
+                note = f": {note}" if note else ""
+                report.append((asset.name, "ok", f"{path} ({path.stat().st_size / 1e6:.1f} MB){note}"))
         elif part.exists():
             report.append((asset.name, "partial", f"{part.stat().st_size / 1e6:.1f} MB downloaded to {part}: "
                                                   f"{asset.hint} to resume"))

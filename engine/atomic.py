@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 
 def umask() -> int:
@@ -38,3 +41,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``f`` as ``numpy.savez`` does (uncompressed, one ``NAME.npy`` member each,
+    no pickles), closing the archive even when a write fails: ``savez`` leaves it open then, and
+    Python later prints a traceback from its ``__del__`` after the error was reported."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_npz
 from .covariance import covariance_from_scale_rotation
 from .errors import GAGAvatarError
 
@@ -107,7 +107,7 @@ class Avatar:
                 arrays[name] = t.detach().float().cpu().numpy()
         arrays["format"] = np.array(_FORMAT)
         arrays["version"] = np.array(_VERSION)
-        atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: write_npz(f, arrays))
         return path
 
     @classmethod

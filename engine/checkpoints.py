@@ -40,6 +40,9 @@ DEFAULT_META_CFG: dict[str, Any] = {
     "DATASET": {"FLAME_SCALE": 5.0, "FOCAL_LENGTH": 12.0, "POINT_PLANE_SIZE": 296},
 }
 
+SYNTHETIC_KEY = "SYNTHETIC"
+"""The ``meta_cfg`` entry marking weights made by :mod:`.synthetic` (the official loader ignores it)."""
+
 MODEL_REMEDY = ("get GAGAvatar.pt with `gagavatar assets download` (or set GAGAVATAR_ASSETS to "
                 "the folder that holds it)")
 
@@ -287,14 +290,22 @@ def save_official(state_dict: Mapping[str, torch.Tensor], meta_cfg: Mapping,
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Build :class:`GAGAvatar` from an official or compact checkpoint, on ``device`` in eval mode."""
+    """Build :class:`GAGAvatar` from an official or compact checkpoint, on ``device`` in eval mode.
+
+    The file's ``meta_cfg`` is kept as ``model.meta_cfg`` (see :func:`is_synthetic`)."""
     from .model import GAGAvatar
-    state_dict, _ = read_checkpoint(path)
+    state_dict, meta_cfg = read_checkpoint(path)
     model_sd, _ = split_perceptual(state_dict)
     with torch.device(device):  # no throw-away CPU copy when loading onto a GPU
         model = GAGAvatar()
     model.load_state_dict(model_sd, strict=True)
+    model.meta_cfg = meta_cfg
     return model.to(device=device, dtype=dtype).eval()
+
+
+def is_synthetic(meta_cfg: Mapping | None) -> bool:
+    """Whether a checkpoint's ``meta_cfg`` marks synthetic weights (``gagavatar assets synthesize``)."""
+    return isinstance(meta_cfg, Mapping) and isinstance(meta_cfg.get(SYNTHETIC_KEY), Mapping)
 
 
 def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -302,8 +313,8 @@ def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
 
     Keys: ``path``, ``format`` (``official`` / ``gagavatar-compact``), ``tensors`` (entries),
     ``parameters`` (elements, perceptual weights included), ``dtype`` (stored dtype(s), e.g.
-    ``float32``), ``perceptual`` (has the ``percep_loss.*`` weights), ``meta_cfg``,
-    ``file_size`` (bytes).
+    ``float32``), ``perceptual`` (has the ``percep_loss.*`` weights), ``synthetic`` (made by
+    ``gagavatar assets synthesize``: not a trained model), ``meta_cfg``, ``file_size`` (bytes).
     """
     path = Path(path)
     fmt, raw, meta_cfg = _read_raw(path)
@@ -314,6 +325,7 @@ def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
         "parameters": sum(v.numel() for v in raw.values()),
         "dtype": ", ".join(sorted({str(v.dtype).removeprefix("torch.") for v in raw.values()})),
         "perceptual": any(k.startswith(PERCEPTUAL_PREFIX) for k in raw),
+        "synthetic": is_synthetic(meta_cfg),
         "meta_cfg": meta_cfg,
         "file_size": path.stat().st_size,
     }

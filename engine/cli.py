@@ -104,6 +104,17 @@ def _sound(seq, args):
     return source, seq.start_time
 
 
+@contextlib.contextmanager
+def _naming(path):
+    """Give an OSError raised without a file name (a full disk while writing: EFBIG, ENOSPC) ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if not e.filename:
+            e.filename = str(path)
+        raise
+
+
 def _write_image(path: Path, rgb) -> None:
     """Write an ``H x W x 3`` uint8 RGB array atomically (format from the suffix)."""
     import cv2
@@ -141,7 +152,11 @@ def _frames_folder(out: Path, overwrite: bool) -> None:
 # ---------------------------------------------------------------- commands
 def cmd_assets(args) -> int:
     from .assets import TRACKING_MODELS, check_assets, download_assets, find_assets
-    folder = find_assets(args.assets)
+    if args.action == "synthesize":
+        return _synthesize(args)
+    if args.folder and args.assets and Path(args.folder) != Path(args.assets):
+        raise GAGAvatarError(f"two asset folders given ({args.folder} and --assets {args.assets}): give one")
+    folder = find_assets(args.folder or args.assets)
     if args.action == "check":
         rows = check_assets(folder)
         width = max(len(name) for name, _, _ in rows)
@@ -171,6 +186,27 @@ def cmd_assets(args) -> int:
     return 0
 
 
+def _synthesize(args) -> int:
+    """``assets synthesize DIR``: the project's synthetic official-format weights (never over real files)."""
+    from .assets import TRACKING_MODELS
+    from .synthetic import NOTICE, synthesize
+    if not args.folder:
+        raise GAGAvatarError("assets synthesize needs a folder: gagavatar assets synthesize DIR [--seed N]")
+    folder = Path(args.folder)
+    if folder.exists() and not folder.is_dir():
+        raise GAGAvatarError(f"{folder} is a file: give a folder to write GAGAvatar.pt and FLAME_with_eye.pt into")
+    taken = [name for name in ("GAGAvatar.pt", "FLAME_with_eye.pt") if (folder / name).exists()]
+    if taken:
+        raise GAGAvatarError(f"{folder / taken[0]} exists and synthesize never replaces asset files: "
+                        "give another folder")
+    synthesize(folder, args.seed)
+    print(f"wrote GAGAvatar.pt and FLAME_with_eye.pt (seed {args.seed}) to {folder}")
+    warnings.warn(f"{NOTICE}; the real files: gagavatar assets download")
+    if not all((folder / name).exists() for name in TRACKING_MODELS):
+        print(f"for tracking, also run: gagavatar assets download --tracking-only --assets {folder}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .checkpoints import checkpoint_info
     info = checkpoint_info(args.checkpoint)
@@ -193,16 +229,19 @@ def cmd_track(args) -> int:
             seq = track_video(src, flame, progress=progress, assets=args.assets)
         finally:
             progress.close()
-        save_sequence(seq, args.output)
+        with _naming(args.output):
+            save_sequence(seq, args.output)
         print(f"tracked {seq.num_frames} frames at {seq.fps:g} fps -> {args.output}")
         return 0
     tracked = track_image(src, flame=flame, assets=args.assets)
     seq = DrivingSequence(expression=tracked.expression[None], jaw=tracked.jaw[None], eyes=tracked.eyes[None],
                           transform=tracked.transform[None], fps=25.0, shape=tracked.shape,
                           landmarks=tracked.landmarks[None], source=str(src))
-    save_sequence(seq, args.output)
+    with _naming(args.output):
+        save_sequence(seq, args.output)
     if args.overlay:
-        _write_image(Path(args.overlay), tracked.overlay)
+        with _naming(args.overlay):
+            _write_image(Path(args.overlay), tracked.overlay)
     print(f"tracked {src.name}: landmark residual {float(tracked.residual_px):.2f} px -> {args.output}")
     return 0
 
@@ -210,9 +249,16 @@ def cmd_track(args) -> int:
 def cmd_reconstruct(args) -> int:
     import torch
 
+    from .checkpoints import is_synthetic
     from .tracking import track_image
+    if Path(args.image).suffix.lower() in VIDEO_SUFFIXES:
+        raise GAGAvatarError(f"{Path(args.image).name} is a video: reconstruct needs one photo of the face "
+                             "(a still frame); videos drive avatars through `gagavatar track`")
     model, flame, device = _load_model_and_flame(args)
     tracked = track_image(Path(args.image), flame=flame, assets=getattr(args, "assets", None))
+    if is_synthetic(model.meta_cfg):
+        warnings.warn("GAGAvatar.pt holds synthetic weights (gagavatar assets synthesize): the avatar "
+                      "will not be a likeness; the real weights: gagavatar assets download")
     shape = tracked.shape[None].to(device)
     with torch.no_grad():
         vertices = flame(shape=shape, expression=tracked.expression[None].to(device),
@@ -220,11 +266,14 @@ def cmd_reconstruct(args) -> int:
                          eyes=tracked.eyes[None].to(device))
     avatar = model.reconstruct(tracked.crop[None].to(device), tracked.transform[None].to(device),
                                shape=shape, vertices=vertices)
-    avatar.save(args.output)
+    with _naming(args.output):
+        avatar.save(args.output)
     if args.ply:
-        avatar.export_ply(args.ply)
+        with _naming(args.ply):
+            avatar.export_ply(args.ply)
     if args.overlay:
-        _write_image(Path(args.overlay), tracked.overlay)
+        with _naming(args.overlay):
+            _write_image(Path(args.overlay), tracked.overlay)
     print(f"avatar of {Path(args.image).name} ({avatar.num_gaussians} Gaussians, landmark residual "
           f"{float(tracked.residual_px):.2f} px) -> {args.output}")
     return 0
@@ -243,11 +292,10 @@ def cmd_render(args) -> int:
             raise GAGAvatarError(f"cannot render to {out.name}: name a video ({', '.join(sorted(VIDEO_SUFFIXES))}) "
                                  "or a folder for PNG frames")
         _frames_folder(out, args.overwrite)
+    seq = load_sequence(args.drive) if args.drive else None  # a bad file fails before the model loads
     model, flame, device = _load_model_and_flame(args)
     avatar = Avatar.load(args.avatar, device=device)
-    if args.drive:
-        seq = load_sequence(args.drive)
-    else:
+    if seq is None:
         if avatar.source_transform is None:
             raise GAGAvatarError(f"{args.avatar} has no source camera: pass --drive SEQUENCE")
         seq = orbit_sequence(avatar.source_transform[0], n_frames=args.frames or 48, fps=args.fps or 24.0)
@@ -259,7 +307,7 @@ def cmd_render(args) -> int:
     progress = _progress("render", n)
     try:
         # frames are streamed: to ffmpeg (constant memory) or to PNGs in the staging folder
-        with VideoWriter(out, fps, _sound(seq, args)) if as_video else contextlib.nullcontext() as video:
+        with _naming(out), VideoWriter(out, fps, _sound(seq, args)) if as_video else contextlib.nullcontext() as video:
             for start in range(0, n, args.batch):
                 stop = min(n, start + args.batch)
                 sl = slice(start, stop)
@@ -328,7 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
 
     a = sub.add_parser("assets", help="check or download GAGAvatar.pt, FLAME_with_eye.pt and the tracking models")
-    a.add_argument("action", choices=("check", "download"))
+    a.add_argument("action", choices=("check", "download", "synthesize"),
+                   help="synthesize writes deterministic synthetic weights in the official formats "
+                        "(for tests and trying things out: not a likeness)")
+    a.add_argument("folder", nargs="?", help="the asset folder (as --assets; synthesize: the folder to write into)")
+    a.add_argument("--seed", type=int, default=0, help="synthesize: the seed (default 0)")
     a.add_argument("--accept-license", action="store_true", help="you have accepted the FLAME licence (https://flame.is.tue.mpg.de)")
     a.add_argument("--tracking-only", action="store_true",
                    help="download only the tracking models (MediaPipe, Apache-2.0: no licence to accept)")

@@ -26,6 +26,7 @@ from .dino_base import DINOBase
 from .fastpath import PinnedReadback, autocast, check_precision, compile_per_frame
 from .generators import ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
 from .rasterize import render_gaussians
+from .shapes import broadcast
 from .style_unet import StyleUNet
 
 DINO_SIZE = 518
@@ -34,7 +35,7 @@ DINO_SIZE = 518
 
 @dataclass
 class Frame:
-    """One driven render, all ``[B, *, 512, 512]``.
+    """One driven render, all ``[B, *, 512, 512]`` (``[*, 512, 512]`` from unbatched inputs).
 
     Attributes:
         image: neural-rendered RGB, sRGB-encoded, 0..1.
@@ -120,15 +121,23 @@ class GAGAvatar(nn.Module):
                     vertices: torch.Tensor | None = None) -> Avatar:
         """Reconstruct avatars from source crops in one forward pass.
 
+        Every input may also come unbatched (``image [3, H, W]``, ``transform [3, 4]``, ...): batch
+        sizes must agree, size 1 and unbatched inputs are shared by the whole batch. The avatar
+        keeps its batch dimension: unbatched inputs give an avatar of batch 1, which :meth:`render`
+        drives with batched or unbatched frames.
+
         Args:
             image: ``[B, 3, H, W]`` in 0..1 (the 512^2 head crop on black, as tracked); resized
                 to 518^2 here exactly as the official loader does.
             transform: ``[B, 3, 4]`` source camera (official convention).
             shape: optional ``[B, 300]`` FLAME identity, kept in the avatar for driving.
             vertices: optional ``[B, 5023, 3]`` source FLAME vertices (for previews/export).
+        Raises:
+            ShapeError: (a ``ValueError``) an input of the wrong shape, or batch sizes that disagree.
         """
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
+        _, (image, transform, shape, vertices) = broadcast(
+            "reconstruct", image=(image, (3, "H", "W")), transform=(transform, (3, 4)), shape=(shape, (300,)),
+            vertices=(vertices, (N_EXPRESSION, 3)))
         image = image.to(self.device, torch.float32)
         transform = transform.to(self.device, torch.float32)
         g = self.gaussians_from_image(resize_for_dino(image), transform)
@@ -191,11 +200,17 @@ class GAGAvatar(nn.Module):
                randomize_noise: bool = False, precision: str = "fp32", compiled: bool = False) -> Frame:
         """Drive the avatar: ``[B, 5023, 3]`` FLAME vertices + ``[B, 3, 4]`` cameras -> :class:`Frame`.
 
-        Batched over frames (an avatar of batch 1 is shared by all B frames). ``precision`` and
-        ``compiled`` apply to the neural renderer (see :meth:`neural_renderer`); the defaults are
-        the official fp32 eager computation. Nothing here waits for the device: on CUDA with
-        ``backend="gsplat"`` the only host sync is gsplat's own (its tile-intersection count).
+        Batched over frames (an avatar of batch 1 is shared by all B frames). Vertices and cameras
+        may also come unbatched (``[5023, 3]``, ``[3, 4]``): batch sizes must agree, size 1 and
+        unbatched inputs are shared by all frames, and the frame is unbatched when both are; other
+        shapes raise a :class:`~.shapes.ShapeError` (a ``ValueError``). ``precision`` and ``compiled``
+        apply to the neural renderer (see :meth:`neural_renderer`); the defaults are the official
+        fp32 eager computation. Nothing here waits for the device: on CUDA with ``backend="gsplat"``
+        the only host sync is gsplat's own (its tile-intersection count).
         """
+        batch, (vertices, transform) = broadcast("render", vertices=(vertices, (N_EXPRESSION, 3)),
+                                                 transform=(transform, (3, 4)))
         r = self.splat(avatar, vertices.to(self.device), transform.to(self.device), focal, center, background, backend)
         image = self.neural_renderer(r.features, randomize_noise, precision, compiled)
-        return Frame(image=image, coarse=r.features, alpha=r.alpha, depth=r.depth)
+        out = {"image": image, "coarse": r.features, "alpha": r.alpha, "depth": r.depth}
+        return Frame(**(out if batch is not None else {k: t[0] for k, t in out.items()}))

@@ -9,11 +9,12 @@ from torch import Tensor
 from . import rasterizer_gsplat, rasterizer_torch
 from .cameras import FOCAL, _pair, build_camera_matrices
 from .covariance import covariance_from_scale_rotation
+from .shapes import batch_size, batched, common_batch
 
 
 @dataclass
 class RenderResult:
-    """Output of :func:`render_gaussians`.
+    """Output of :func:`render_gaussians` (without the ``B`` dimension for unbatched inputs).
 
     Attributes:
         features: ``[B, C, H, W]`` composited features (+ ``T * background``).
@@ -42,11 +43,15 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
                      center=(0.0, 0.0), backend: str = "auto") -> RenderResult:
     """Render ``B`` Gaussian sets, each from its own official camera.
 
+    Every tensor may also come unbatched (``xyz [N, 3]``, ``transform [3, 4]``, ...), as gsplat takes
+    means. Batch sizes must agree; size 1 and unbatched inputs are shared by the whole batch (one
+    camera for every set, or one set seen from every camera).
+
     Args:
         gaussians: ``xyz [B, N, 3]``, ``colors [B, N, C]``, ``opacities [B, N, 1]`` and either
             ``covars [B, N, 3, 3]`` or ``scales [B, N, 3]`` + ``rotations [B, N, 4]``
             (``w, x, y, z``, not normalised); ``covars`` wins when present.
-        transform: ``[B, 3, 4]`` (or ``[3, 4]``) ``[R | T]``, PyTorch3D convention.
+        transform: ``[B, 3, 4]`` ``[R | T]``, PyTorch3D convention.
         focal: normalised focal (``tan(fov / 2) = 1 / focal``), float or ``(fx, fy)``.
         size: ``(H, W)`` in pixels.
         background: ``[C]`` or ``[B, C]``; ``None`` = zeros.
@@ -56,28 +61,39 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
             else torch).
 
     Returns:
-        :class:`RenderResult`.
+        :class:`RenderResult`, unbatched when every input is.
+
+    Raises:
+        ShapeError: (a ``ValueError``) an input of the wrong shape, or batch sizes that disagree.
     """
-    xyz = gaussians["xyz"]
-    tr = transform[None] if transform.dim() == 2 else transform
-    B, N, _ = xyz.shape
-    tr = tr.to(xyz).expand(B, -1, -1) if tr.shape[0] == 1 else tr.to(xyz)
-    if "covars" in gaussians:
-        covars = gaussians["covars"]
-    else:
-        covars = covariance_from_scale_rotation(gaussians["scales"], gaussians["rotations"])
-    colors = gaussians["colors"]
+    where = "render_gaussians"
+    batches = {"xyz": batch_size(where, "xyz", gaussians["xyz"], ("N", 3))}
+    N = gaussians["xyz"].shape[-2]
+    dims = {"colors": (N, "C"), "opacities": (N, 1),
+            **({"covars": (N, 3, 3)} if "covars" in gaussians else {"scales": (N, 3), "rotations": (N, 4)})}
+    batches.update({k: batch_size(where, k, gaussians[k], d) for k, d in dims.items()})
+    batches["transform"] = batch_size(where, "transform", transform, (3, 4))
+    C = gaussians["colors"].shape[-1]
     if background is not None:
-        background = background.to(xyz).expand(B, colors.shape[-1])
+        batches["background"] = batch_size(where, "background", background, (C,))
+    batch = common_batch(where, **batches)
+    B = 1 if batch is None else batch
+    g = {k: batched(gaussians[k], B, len(d)) for k, d in {"xyz": (N, 3), **dims}.items()}
+    xyz = g["xyz"]
+    tr = batched(transform.to(xyz), B, 2)
+    covars = g["covars"] if "covars" in g else covariance_from_scale_rotation(g["scales"], g["rotations"])
+    colors = g["colors"]
+    if background is not None:
+        background = background.to(xyz).expand(B, C)
     if backend == "auto":
         backend = "gsplat" if _gsplat_available(xyz.device) else "torch"
     if backend == "gsplat":
-        out = rasterizer_gsplat.rasterize(xyz, covars, colors, gaussians["opacities"], tr, focal, size,
+        out = rasterizer_gsplat.rasterize(xyz, covars, colors, g["opacities"], tr, focal, size,
                                           center, background)
     elif backend == "torch":
         fx, fy = _pair(focal)
         V, P, _ = build_camera_matrices(tr, (fx, fy), center)
-        args = (xyz, covars, colors, gaussians["opacities"], V, P)
+        args = (xyz, covars, colors, g["opacities"], V, P)
         if xyz.device.type == "mps":
             # The exact kernel needs float64 (ndc2Pix, the footprint bounds), which MPS lacks:
             # rasterize on the CPU (autograd follows the copies) and bring the result back.
@@ -88,4 +104,4 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
         out = tuple(t.to(xyz.device) for t in out)
     else:
         raise ValueError(f"unknown backend {backend!r}: use 'auto', 'torch' or 'gsplat'")
-    return RenderResult(*out)
+    return RenderResult(*out) if batch is not None else RenderResult(*(t[0] for t in out))

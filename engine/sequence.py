@@ -32,20 +32,28 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_npz
 from .errors import GAGAvatarError
 from .safe_pickle import safe_load
+from .shapes import ShapeError, batch_size
 
 __all__ = ["DrivingSequence", "save_sequence", "load_sequence"]
 
 DEFAULT_FPS = 25.0
 """Frame rate assumed for official tracker files (they store none)."""
 PathLike = Union[str, os.PathLike]
+PER_FRAME = {"expression": (100,), "jaw": (3,), "eyes": (6,), "transform": (3, 4), "bbox": (4,), "landmarks": (70, 2)}
+"""Per-frame arrays and their shape in one frame (a sequence holds ``[T, *shape]``)."""
 
 
 @dataclass
 class DrivingSequence:
-    """Per-frame FLAME parameters and cameras (float32 tensors, ``T`` frames)."""
+    """Per-frame FLAME parameters and cameras (float32 tensors, ``T`` frames).
+
+    The per-frame arrays (:data:`PER_FRAME`, and ``missing``) may be given for one frame without the
+    frame axis (``expression [100]``, ``transform [3, 4]``, ...): they are stored as ``[1, ...]``.
+    Wrong shapes, or frame counts that differ, raise a one-line :class:`~.shapes.ShapeError`.
+    """
 
     expression: torch.Tensor
     jaw: torch.Tensor
@@ -65,25 +73,33 @@ class DrivingSequence:
             if value is not None:
                 setattr(self, name, torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value,
                                                     dtype=torch.float32))
-        T = self.expression.shape[0] if self.expression.dim() else 0
-        if T == 0:
+        if self.expression.dim() == 0 or self.expression.shape[0] == 0:
             raise GAGAvatarError("driving sequence: it has no frames: track a video or photo with a visible face")
-        expected = {"expression": (T, 100), "jaw": (T, 3), "eyes": (T, 6), "transform": (T, 3, 4),
-                    "shape": (300,), "bbox": (T, 4), "landmarks": (T, 70, 2)}
-        for name, want in expected.items():
+        if self.shape is not None and self.shape.shape != (300,):
+            raise ShapeError(f"driving sequence: shape must be [300], got {list(self.shape.shape)}")
+        frames = {}
+        for name, dims in PER_FRAME.items():
             value = getattr(self, name)
-            if value is not None and tuple(value.shape) != want:
-                raise GAGAvatarError(f"driving sequence: {name} has shape {tuple(value.shape)}, expected {want}")
+            if value is not None:
+                if batch_size("driving sequence", name, value, dims, batch="T") is None:
+                    setattr(self, name, value[None])  # one frame, given without the frame axis
+                frames[name] = getattr(self, name).shape[0]
+        if self.missing is not None:
+            self.missing = torch.as_tensor(np.asarray(self.missing), dtype=torch.bool).reshape(-1)
+            frames["missing"] = self.missing.shape[0]
+        if len(set(frames.values())) > 1:
+            counts = ", ".join(f"{name} {n}" for name, n in frames.items())
+            raise ShapeError(f"driving sequence: frame counts differ ({counts}): re-track the source or fix the file")
+        T = frames["expression"]
+        if self.missing is None:
+            self.missing = torch.zeros(T, dtype=torch.bool)
+        for name in (*PER_FRAME, "shape"):
+            value = getattr(self, name)
             bad = None if value is None else ~torch.isfinite(value)
             if bad is not None and bad.any():  # one NaN coefficient would make every FLAME vertex NaN
                 where = "" if name == "shape" else f" (first at frame {int(bad.reshape(T, -1).any(-1).nonzero()[0])})"
                 raise GAGAvatarError(f"driving sequence: {name} holds NaN or infinite values{where}: "
                                      "re-track the source or fix the file")
-        if self.missing is None:
-            self.missing = torch.zeros(T, dtype=torch.bool)
-        self.missing = torch.as_tensor(np.asarray(self.missing), dtype=torch.bool).reshape(-1)
-        if self.missing.shape[0] != T:
-            raise GAGAvatarError(f"driving sequence: missing has {self.missing.shape[0]} frames, expected {T}")
         self.start_time = float(self.start_time)
         self.fps = float(self.fps)
         if not self.fps > 0:
@@ -185,12 +201,58 @@ def save_sequence(seq: DrivingSequence, path: PathLike) -> None:
         arrays["fps"] = np.asarray(seq.fps, np.float64)
         arrays["source"] = np.asarray(seq.source, dtype=np.str_)
         arrays["start_time"] = np.asarray(seq.start_time, np.float64)
-        atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: write_npz(f, arrays))
     elif suffix == ".pkl":
         atomic_write(path, lambda f: pickle.dump(_records(seq), f, protocol=4))
     elif suffix == ".pt":
         recs = {k: {n: torch.from_numpy(np.asarray(v)) for n, v in r.items()} for k, r in _records(seq).items()}
         atomic_write(path, lambda f: torch.save(recs, f))
+
+
+_NPZ_REMEDY = "make one with `gagavatar track`"
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    """The members of a sequence ``.npz`` (never unpickled), the per-frame ones checked to be numbers.
+
+    Raises:
+        GAGAvatarError: empty, not a zip archive (or truncated), damaged, holding pickled objects,
+            lacking ``expression``/``jaw``/``eyes``/``transform``, or holding arrays of non-numbers.
+    """
+    if path.stat().st_size == 0:
+        raise GAGAvatarError(f"{path} is not a readable .npz sequence (it is empty): {_NPZ_REMEDY}")
+    if not zipfile.is_zipfile(path):
+        raise GAGAvatarError(f"{path} is not a readable .npz sequence (not a zip archive, or truncated): "
+                             f"{_NPZ_REMEDY}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise GAGAvatarError(f"{path} holds pickled Python objects, which are never loaded (nothing in it "
+                                 f"was run): {_NPZ_REMEDY}") from None
+        raise GAGAvatarError(f"{path} is not a readable .npz sequence ({e}): {_NPZ_REMEDY}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise GAGAvatarError(f"{path} is not a readable .npz sequence ({e or type(e).__name__}): "
+                             f"{_NPZ_REMEDY}") from None
+    lacking = [k for k in ("expression", "jaw", "eyes", "transform") if k not in d]
+    if lacking:
+        raise GAGAvatarError(f"{path} lacks {', '.join(lacking)}: it is not a driving sequence ({_NPZ_REMEDY})")
+    for k in ("expression", "jaw", "eyes", "transform", "shape", "bbox", "landmarks", "missing"):
+        if k in d and not (isinstance(d[k], np.ndarray) and d[k].dtype.kind in "biuf"):
+            kind = d[k].dtype if isinstance(d[k], np.ndarray) else type(d[k]).__name__
+            raise GAGAvatarError(f"{path}: {k} is not an array of numbers ({kind}): {_NPZ_REMEDY}")
+    return d
+
+
+def _npz_number(d: dict[str, Any], key: str, default: float, path: Path) -> float:
+    """``d[key]`` as one finite float (``default`` when absent)."""
+    if key not in d:
+        return default
+    v = d[key]
+    if not (isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and v.size == 1 and np.isfinite(v).all()):
+        raise GAGAvatarError(f"{path}: {key} is not one finite number: {_NPZ_REMEDY}")
+    return float(v.reshape(()))
 
 
 def load_sequence(path: PathLike) -> DrivingSequence:
@@ -200,18 +262,11 @@ def load_sequence(path: PathLike) -> DrivingSequence:
         raise GAGAvatarError(f"driving sequence {path} not found: check the path")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                d = {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
-            raise GAGAvatarError(f"{path} is not a readable .npz sequence ({e}): re-save it") from None
+        d = _read_npz(path)
         opt = {k: d[k] for k in ("shape", "bbox", "landmarks", "missing") if k in d}
-        try:
-            return DrivingSequence(expression=d["expression"], jaw=d["jaw"], eyes=d["eyes"], transform=d["transform"],
-                                   fps=float(d.get("fps", DEFAULT_FPS)), source=str(d.get("source", path)),
-                                   start_time=float(d.get("start_time", 0.0)), **opt)
-        except KeyError as e:
-            raise GAGAvatarError(f"{path} lacks {e} : it is not a driving sequence") from None
+        return DrivingSequence(expression=d["expression"], jaw=d["jaw"], eyes=d["eyes"], transform=d["transform"],
+                               fps=_npz_number(d, "fps", DEFAULT_FPS, path), source=str(d.get("source", path)),
+                               start_time=_npz_number(d, "start_time", 0.0, path), **opt)
     if suffix == ".pkl":
         return _from_records(safe_load(path), path)
     if suffix == ".pt":

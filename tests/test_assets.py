@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gagavatar.engine import assets
+from gagavatar.engine.checkpoints import DEFAULT_META_CFG, official_layout
 from gagavatar.engine.errors import AssetError, Cancelled
 
 MAIN = ("GAGAvatar.pt", "FLAME_with_eye.pt")
@@ -18,14 +19,13 @@ MAIN = ("GAGAvatar.pt", "FLAME_with_eye.pt")
 
 # ------------------------------------------------------------------ synthetic files and server
 @pytest.fixture(scope="module")
-def files(kit, flame_asset, tracking_models):
+def files(flame_asset, tracking_models):
     """Bytes served as the assets: a GAGAvatar.pt with the full official layout whose tensors
-    are broadcast scalars (a few hundred KB), the kit's synthetic FLAME_with_eye.pt and the real
+    are broadcast scalars (a few hundred KB), the synthetic FLAME_with_eye.pt and the real
     tracking models."""
-    spec = kit.mk.load_spec()
-    sd = OrderedDict((e["key"], torch.full((1,), 0.25).expand(e["shape"])) for e in spec["entries"])
+    sd = OrderedDict((key, torch.full((1,), 0.25).expand(shape)) for key, shape in official_layout().items())
     buf = io.BytesIO()
-    torch.save({"model": sd, "meta_cfg": spec["meta_cfg"]}, buf)
+    torch.save({"model": sd, "meta_cfg": DEFAULT_META_CFG}, buf)
     return {"GAGAvatar.pt": buf.getvalue(), "FLAME_with_eye.pt": Path(flame_asset).read_bytes(),
             **{name: (tracking_models / name).read_bytes() for name in assets.TRACKING_MODELS}}
 

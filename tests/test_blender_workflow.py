@@ -133,8 +133,10 @@ def test_render_through_the_source_camera_is_the_networks_output(avatar, tmp_pat
         frame = model.render(view.load(), torch.from_numpy(view.vertices)[None], transform[None])
     direct = frame.image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0
     # rounding only (no dithering), plus Blender's float32 colour management: OCIO's CPU sRGB
-    # transform approximates pow(), a few hundredths of a level near 255
-    assert np.abs(saved - direct).max() <= 0.53
+    # transform approximates pow() to a few hundredths of a level, which flips the rounding of
+    # the odd pixel whose value lies that close to a half level
+    error = np.abs(saved - direct)
+    assert error.max() <= 0.56 and error.mean() < 0.26      # rounding alone: at most 0.5, 0.25 on average
 
 
 def installed_prefs():
@@ -659,7 +661,7 @@ def test_download_assets_writes_into_the_extensions_user_folder(installed, asset
 
 
 def test_two_avatars_are_composited_by_depth(avatar, photo):
-    """A second avatar from the same photo, 0.3 m further from the camera and 0.3 m to the side:
+    """A second avatar from the same photo, a little further from the camera and to the side:
     the scene renders both, the nearer one over the farther one pixel by pixel (premultiplied
     "over"), with the nearer depth; each is what it renders alone."""
     import bpy
@@ -675,7 +677,11 @@ def test_two_avatars_are_composited_by_depth(avatar, photo):
     depsgraph = bpy.context.evaluated_depsgraph_get()
     _, head_world, _ = next(r for r in ext("gagavatar_blender.scene_views").posed_avatars(depsgraph) if r[0] == avatar)
     forward, right = -np.array(camera.matrix_world)[:3, 2], np.array(camera.matrix_world)[:3, 0]
-    second.matrix_world = Matrix.Translation((0.3 * forward + 0.3 * right).tolist()) @ Matrix(head_world.tolist())
+    # the source crop is about distance / 6 wide: move the second head a quarter of the distance back and
+    # a quarter of the crop's width aside, so that the two overlap and the far one shows beside
+    distance = np.linalg.norm(np.array(camera.matrix_world)[:3, 3] - np.array(head_world)[:3, 3])
+    offset = distance * (0.25 * forward + right / 24)
+    second.matrix_world = Matrix.Translation(offset.tolist()) @ Matrix(head_world.tolist())
     render_scene = ext("gagavatar_blender.render_engine").render_scene
     camera_intrinsics = ext("gagavatar_blender.scene_views").camera_intrinsics
 

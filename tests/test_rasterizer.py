@@ -1,14 +1,32 @@
-"""The torch rasterizer against the conformance kit's port of the official kernel, and the gsplat path."""
+"""The torch rasterizer against the conformance kit's port of the official kernel (and its reference
+renders), and its behaviour on a seeded scene; the gsplat path."""
 import math
 
 import pytest
 import torch
 
 from gagavatar.engine import rasterizer_gsplat, rasterizer_torch
-from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_to_opencv
+from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_from_pose, transform_to_opencv
 from gagavatar.engine.covariance import covariance_from_scale_rotation
 from gagavatar.engine.errors import GAGAvatarError
 from gagavatar.engine.rasterize import render_gaussians
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A seeded scene laid out as the kit's render case (``inputs``, ``settings``): 2935 Gaussians
+    with 32 channels in a 1.24-unit cube around the origin, seen by a camera 9.3 units away (focal 12)."""
+    g = torch.Generator().manual_seed(0)
+    n = 2935
+    quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+    cam = transform_from_pose(torch.tensor([0.05, 0.15, 0.02]), torch.tensor([0.02, -0.03, 9.3]))
+    view, proj, _ = build_camera_matrices(cam[None], 12.0)
+    return {"inputs": {"means": torch.empty(n, 3).uniform_(-0.62, 0.62, generator=g), "quats": quats,
+                       "scales": torch.exp(torch.empty(n, 3).uniform_(-4.9, -1.2, generator=g)),
+                       "opacities": torch.empty(n, 1).uniform_(0.002, 0.999, generator=g),
+                       "colors": torch.empty(n, 32).uniform_(-1.4, 1.4, generator=g),
+                       "cam_matrix": cam, "viewmatrix": view[0], "projmatrix": proj[0]},
+            "settings": {"focal": 12.0, "tanfovx": 1 / 12.0, "tanfovy": 1 / 12.0}}
 
 
 def _gaussians(case, batch=1):
@@ -56,12 +74,12 @@ def test_preprocess_matches_port(kit, render_case):
         kit.compare.check(o[ref][v], pre[mine][v], "render_port")
 
 
-def test_batch_equals_singles(render_case):
-    g = _gaussians(render_case, 2)
+def test_batch_equals_singles(scene):
+    g = _gaussians(scene, 2)
     g = {k: v.clone() for k, v in g.items()}
     g["colors"][1] = g["colors"][1].flip(-1)
-    tr = torch.stack([render_case["inputs"]["cam_matrix"],
-                      look_at_transform((1.5, 0.5, 9.0)).to(render_case["inputs"]["cam_matrix"])])
+    tr = torch.stack([scene["inputs"]["cam_matrix"],
+                      look_at_transform((1.5, 0.5, 9.0)).to(scene["inputs"]["cam_matrix"])])
     both = render_gaussians(g, tr, size=(48, 64), backend="torch")
     for b in range(2):
         one = render_gaussians({k: v[b:b + 1] for k, v in g.items()}, tr[b:b + 1], size=(48, 64), backend="torch")
@@ -70,11 +88,11 @@ def test_batch_equals_singles(render_case):
     assert not torch.equal(both.features[0], both.features[1])
 
 
-def test_covars_override_scales(render_case):
-    g = _gaussians(render_case)
-    ref = render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(32, 32), backend="torch")
+def test_covars_override_scales(scene):
+    g = _gaussians(scene)
+    ref = render_gaussians(g, scene["inputs"]["cam_matrix"], size=(32, 32), backend="torch")
     g2 = dict(g, covars=covariance_from_scale_rotation(g["scales"], g["rotations"]) * 4.0)
-    big = render_gaussians(g2, render_case["inputs"]["cam_matrix"], size=(32, 32), backend="torch")
+    big = render_gaussians(g2, scene["inputs"]["cam_matrix"], size=(32, 32), backend="torch")
     assert (big.radii >= ref.radii).all() and (big.radii > ref.radii).any()
 
 
@@ -136,8 +154,8 @@ def test_early_stop_and_alpha_clamp(kit):
     assert torch.allclose(r.features[0], ref, atol=1e-6)
 
 
-def test_chunked_equals_unchunked(render_case):
-    i, s = render_case["inputs"], render_case["settings"]
+def test_chunked_equals_unchunked(scene):
+    i, s = scene["inputs"], scene["settings"]
     cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
     args = (i["means"][None], cov, i["colors"][None], i["opacities"][None], i["viewmatrix"][None],
             i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 64, 64)
@@ -147,10 +165,10 @@ def test_chunked_equals_unchunked(render_case):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_gsplat_camera_matches_projection(render_case):
+def test_gsplat_camera_matches_projection(scene):
     from gsplat.cuda._torch_impl import _fully_fused_projection
 
-    i, s = render_case["inputs"], render_case["settings"]
+    i, s = scene["inputs"], scene["settings"]
     tr = torch.stack([i["cam_matrix"], look_at_transform((1.0, -0.5, 8.0))])
     H, W, focal, center = 96, 128, (12.0, 10.0), (0.1, -0.2)
     viewmats, Ks = rasterizer_gsplat.gsplat_camera(tr, focal, (H, W), center)
@@ -170,19 +188,19 @@ def test_gsplat_camera_matches_projection(render_case):
         assert torch.allclose(conics[0, 0][both], pre["conic"][both], rtol=2e-3, atol=1e-6)
 
 
-def test_gsplat_needs_cuda(render_case):
+def test_gsplat_needs_cuda(scene):
     with pytest.raises(GAGAvatarError, match="CUDA.*backend='torch'"):
-        render_gaussians(_gaussians(render_case), render_case["inputs"]["cam_matrix"], size=(16, 16),
+        render_gaussians(_gaussians(scene), scene["inputs"]["cam_matrix"], size=(16, 16),
                          backend="gsplat")
 
 
-def test_auto_uses_torch_on_cpu(render_case):
-    g = _gaussians(render_case)
-    a = render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(24, 24))
-    t = render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(24, 24), backend="torch")
+def test_auto_uses_torch_on_cpu(scene):
+    g = _gaussians(scene)
+    a = render_gaussians(g, scene["inputs"]["cam_matrix"], size=(24, 24))
+    t = render_gaussians(g, scene["inputs"]["cam_matrix"], size=(24, 24), backend="torch")
     assert torch.equal(a.features, t.features)
     with pytest.raises(ValueError):
-        render_gaussians(g, render_case["inputs"]["cam_matrix"], size=(24, 24), backend="cycles")
+        render_gaussians(g, scene["inputs"]["cam_matrix"], size=(24, 24), backend="cycles")
 
 
 def test_dense_offcentre_scene_matches_port(kit):
@@ -206,9 +224,9 @@ def test_dense_offcentre_scene_matches_port(kit):
 
 
 @pytest.mark.parametrize("max_pairs", [rasterizer_torch.MAX_PAIRS, 500])
-def test_differentiable_path_equals_the_fast_path(render_case, max_pairs):
+def test_differentiable_path_equals_the_fast_path(scene, max_pairs):
     """Inputs that require grad take the out-of-place compositing (training): same image, alpha, depth."""
-    i, s = render_case["inputs"], render_case["settings"]
+    i, s = scene["inputs"], scene["settings"]
     cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
     colors = i["colors"][None].clone()
     args = lambda c: (i["means"][None], cov, c, i["opacities"][None], i["viewmatrix"][None],  # noqa: E731
@@ -222,3 +240,61 @@ def test_differentiable_path_equals_the_fast_path(render_case, max_pairs):
     # and the gradients reach the colours
     slow[0].sum().backward()
     assert leaf.grad.abs().sum() > 0
+
+
+def _fields(r):
+    return {name: getattr(r, name) for name in ("features", "alpha", "depth", "radii")}
+
+
+@pytest.mark.parametrize("covars", [False, True])
+def test_unbatched_inputs_give_unbatched_results(scene, covars):
+    """As gsplat takes means: ``xyz [N, 3]``, ``transform [3, 4]`` -> the batched result without its batch dim."""
+    g = _gaussians(scene)
+    if covars:
+        g["covars"] = covariance_from_scale_rotation(g["scales"], g["rotations"])
+    tr, bg = scene["inputs"]["cam_matrix"], torch.linspace(0.0, 1.0, 32)
+    batched = render_gaussians(g, tr[None], size=(24, 32), background=bg, backend="torch")
+    single = render_gaussians({k: v[0] for k, v in g.items()}, tr, size=(24, 32), background=bg, backend="torch")
+    for name, value in _fields(single).items():
+        assert value.shape == getattr(batched, name).shape[1:], name
+        assert torch.equal(value, getattr(batched, name)[0]), name
+    assert single.radii.shape == (g["xyz"].shape[1],) and single.features.shape == (32, 24, 32)
+
+
+def test_one_unbatched_set_from_several_cameras(scene):
+    g = {k: v[0] for k, v in _gaussians(scene).items()}
+    tr = torch.stack([scene["inputs"]["cam_matrix"],
+                      look_at_transform((1.5, 0.5, 9.0)).to(scene["inputs"]["cam_matrix"])])
+    both = render_gaussians(g, tr, size=(16, 16), backend="torch")
+    for b in range(2):
+        one = render_gaussians(g, tr[b], size=(16, 16), backend="torch")
+        for name, value in _fields(one).items():
+            assert torch.equal(getattr(both, name)[b], value), name
+
+
+@pytest.mark.parametrize("key, shape, message", [
+    ("xyz", (4, 5, 6, 7), "xyz must be [B, N, 3] or [N, 3], got [4, 5, 6, 7]"),
+    ("xyz", (2935, 4), "xyz must be [B, N, 3] or [N, 3], got [2935, 4]"),
+    ("colors", (1, 2934, 32), "colors must be [B, 2935, C] or [2935, C], got [1, 2934, 32]"),
+    ("opacities", (1, 2935), "opacities must be [B, 2935, 1] or [2935, 1], got [1, 2935]"),
+    ("rotations", (1, 2935, 3), "rotations must be [B, 2935, 4] or [2935, 4], got [1, 2935, 3]"),
+    ("transform", (1, 4, 4), "transform must be [B, 3, 4] or [3, 4], got [1, 4, 4]"),
+    ("background", (1, 3), "background must be [B, 32] or [32], got [1, 3]"),
+])
+def test_bad_shapes_are_one_line_naming_expected_and_given(scene, key, shape, message):
+    g, tr, bg = _gaussians(scene), scene["inputs"]["cam_matrix"], None
+    if key == "transform":
+        tr = torch.zeros(shape)
+    elif key == "background":
+        bg = torch.zeros(shape)
+    else:
+        g[key] = torch.zeros(shape)
+    with pytest.raises(ValueError) as err:
+        render_gaussians(g, tr, size=(8, 8), background=bg, backend="torch")
+    assert str(err.value) == f"render_gaussians: {message}"
+
+
+def test_disagreeing_batch_sizes_are_one_line(scene):
+    with pytest.raises(ValueError, match=r"^render_gaussians: xyz batch 2 does not match transform batch 3$"):
+        render_gaussians(_gaussians(scene, 2), scene["inputs"]["cam_matrix"].expand(3, 3, 4),
+                         size=(8, 8), backend="torch")

@@ -112,3 +112,27 @@ def test_nan_in_a_driving_sequence_is_refused_naming_the_frame(name, index):
 def test_a_sequence_without_frames_is_one_line():
     with pytest.raises(GAGAvatarError, match="^driving sequence: it has no frames"):
         DrivingSequence(**_arrays(0), fps=25.0)
+
+
+def test_one_frame_without_the_frame_axis():
+    ref = _seq(T=1, bbox=torch.rand(1, 4), landmarks=torch.rand(1, 70, 2), missing=torch.tensor([True]))
+    keys = ("expression", "jaw", "eyes", "transform", "bbox", "landmarks", "missing")
+    seq = DrivingSequence(**{k: getattr(ref, k)[0] for k in keys})
+    assert len(seq) == 1
+    for k in keys:
+        assert torch.equal(getattr(seq, k), getattr(ref, k)), k
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(jaw=np.zeros((3, 4))), "jaw must be [T, 3] or [3], got [3, 4]"),
+    (dict(landmarks=np.zeros((3, 70))), "landmarks must be [T, 70, 2] or [70, 2], got [3, 70]"),
+    (dict(shape=np.zeros((1, 300))), "shape must be [300], got [1, 300]"),
+    (dict(jaw=np.zeros((2, 3)), missing=np.zeros(4, bool)),
+     "frame counts differ (expression 3, jaw 2, eyes 3, transform 3, missing 4): re-track the source or fix the file"),
+    (dict(expression=np.zeros(100)), "frame counts differ (expression 1, jaw 3, eyes 3, transform 3): "
+                                     "re-track the source or fix the file"),
+])
+def test_bad_shapes_and_frame_counts_are_one_line(change, message):
+    with pytest.raises(GAGAvatarError) as err:
+        DrivingSequence(**{**_arrays(3), **change}, fps=25.0)
+    assert str(err.value) == f"driving sequence: {message}" and isinstance(err.value, ValueError)

@@ -29,8 +29,8 @@ CROP_SCALE = 1.65
 """Official crop side / sqrt(area of the head box)."""
 HEAD_BOX_SCALE = 2.05 / CROP_SCALE
 """Head box side / face-mesh box side (so that the crop side is 2.05 x sqrt(area of the mesh box))."""
-MIN_SIDE = 16
-"""Smallest image side accepted, pixels."""
+MIN_SIDE = 64
+"""Smallest image side accepted, pixels (below it a face spans a few pixels; avatars are made at 512 px)."""
 
 ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor, Any]
 
@@ -94,14 +94,22 @@ def load_rgb(image: ImageLike) -> np.ndarray:
             raise GAGAvatarError(f"{path} is a folder, not an image: name a JPEG or PNG file")
         if not path.is_file():
             raise GAGAvatarError(f"image {path} not found: check the path")
-        from PIL import Image
+        if path.stat().st_size == 0:
+            raise GAGAvatarError(f"{path.name} is empty (0 bytes): use a JPEG or PNG photo")
+        from PIL import Image, UnidentifiedImageError
         try:
             with Image.open(path) as img:
+                if getattr(img, "is_animated", False) and img.format != "MPO":  # MPO: a camera JPEG + preview
+                    raise GAGAvatarError(f"{path.name} is an animation ({img.n_frames} frames): give a still photo, "
+                                         "or convert it to a video (.mp4) to track it")
                 img.load()
                 rgb = _from_pil(img)
         except Image.DecompressionBombError:
             raise GAGAvatarError(f"{path.name} is too large to read safely: downscale it below 150 megapixels") \
                 from None
+        except UnidentifiedImageError:
+            raise GAGAvatarError(f"cannot read {path.name} as an image (not a picture file Pillow knows): "
+                                 "use a JPEG or PNG") from None
         except (OSError, SyntaxError, ValueError) as err:
             raise GAGAvatarError(f"cannot read {path.name} as an image ({err}): use a JPEG or PNG") from None
     elif isinstance(image, torch.Tensor):

@@ -34,6 +34,7 @@ from .fit import FlameFit, fit_flame
 from .flame_landmarks import LandmarkModel
 from .image import CROP_SIZE, default_flame, head_bbox_in_crop
 from .landmarks import FaceLandmarker, mesh_to_70
+from .quiet import native_stderr_silenced
 
 __all__ = ["track_video", "smooth_sequence", "ema", "rotation_to_6d", "rotation_from_6d",
            "BOX_ALPHA", "POSE_ALPHA", "EYES_ALPHA", "KEYFRAMES", "CHUNK"]
@@ -109,7 +110,8 @@ def _read_meshes(path: Path, progress: Optional[Progress], cancel: Optional[Call
 
     Progress counts frames read out of twice the container's frame count (fitting is the other half).
     """
-    cap = cv2.VideoCapture(str(path))
+    with native_stderr_silenced():  # FFmpeg's own log lines ("moov atom not found"): the error below says it
+        cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise GAGAvatarError(f"cannot open {path.name} as a video: use an MP4/MOV/AVI file OpenCV can read")
     fps = cap.get(cv2.CAP_PROP_FPS)
@@ -121,7 +123,8 @@ def _read_meshes(path: Path, progress: Optional[Progress], cancel: Optional[Call
             while True:
                 if cancel is not None and cancel():
                     raise Cancelled("video tracking cancelled")
-                ok, bgr = cap.read()
+                with native_stderr_silenced():  # FFmpeg's complaints about damaged frames
+                    ok, bgr = cap.read()
                 if not ok:
                     break
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -194,6 +197,8 @@ def track_video(path: Union[str, os.PathLike], flame: Optional[FLAME] = None, pr
     path = Path(path)
     if not path.is_file():
         raise GAGAvatarError(f"video {path} not found: check the path")
+    if path.stat().st_size == 0:
+        raise GAGAvatarError(f"video {path.name} is empty (0 bytes): copy or export it again")
     flame = flame if flame is not None else default_flame()
     meshes, fps = meshes if meshes is not None else _read_meshes(path, progress, cancel, assets)
     T = len(meshes)
