@@ -48,7 +48,7 @@ from gagavatar.engine import load_flame, load_model
 from gagavatar.engine.avatar import N_EXPRESSION, Avatar
 from gagavatar.engine.cameras import transform_from_pose
 from gagavatar.engine.model import GAGAvatar
-from gagavatar.engine.rasterize import render_gaussians
+from gagavatar.engine.splatting.rasterize import render_gaussians
 
 DISTANCE = 9.3
 """Camera distance of the benchmark frames (FLAME x5 units, the tracker's typical value)."""

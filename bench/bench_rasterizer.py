@@ -17,9 +17,9 @@ import time
 import torch
 
 from gagavatar.engine.cameras import FOCAL, build_camera_matrices, transform_from_pose
-from gagavatar.engine.covariance import covariance_from_scale_rotation
-from gagavatar.engine.rasterize import render_gaussians
-from gagavatar.engine.rasterizer_torch import ALPHA_MAX, ALPHA_MIN, T_MIN, preprocess, tan_half_fov
+from gagavatar.engine.splatting.covariance import covariance_from_scale_rotation
+from gagavatar.engine.splatting.rasterize import render_gaussians
+from gagavatar.engine.splatting.torch_backend import ALPHA_MAX, ALPHA_MIN, T_MIN, preprocess, tan_half_fov
 
 
 def make_scene(device: torch.device, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

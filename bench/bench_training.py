@@ -18,28 +18,11 @@ Prints, in one run:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from bench_engine import best_time  # bench/ is the script's folder, first on sys.path
 from gagavatar.engine.training.losses import nearest_indices
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, repeat=3) -> tuple[float, object]:
-    out = fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def bench_nearest(device: torch.device, plane: int) -> None:
@@ -54,9 +37,9 @@ def bench_nearest(device: torch.device, plane: int) -> None:
     def mm_trick():
         return torch.cdist(src, dst, compute_mode="use_mm_for_euclid_dist").argmin(-1)
 
-    t_base, ref = _time(naive, device, 1)
-    t_ours, ours = _time(lambda: nearest_indices(src, dst), device)
-    t_mm, approx = _time(mm_trick, device)
+    t_base, ref = best_time(naive, device, 1)
+    t_ours, ours = best_time(lambda: nearest_indices(src, dst), device, 3)
+    t_mm, approx = best_time(mm_trick, device, 3)
     print(f"nearest neighbours, 5023 x {dst.shape[1]} on {device.type}:")
     print(f"  baseline (naive exact)   {t_base * 1e3:9.1f} ms")
     print(f"  ours (exact, chunked)    {t_ours * 1e3:9.1f} ms   x{t_base / t_ours:.2f}   "
@@ -85,7 +68,7 @@ def bench_step(args, device: torch.device) -> None:
         cfg.model.init, cfg.train.device, cfg.train.precision = args.checkpoint, device.type, precision
         empty = TrackedFrames({}, None, {}, {}, {"train": []}, ".", "plain")
         trainer = Trainer(cfg, data=empty, flame=flame)
-        return _time(lambda: trainer.step(batch), device, 3)[0]
+        return best_time(lambda: trainer.step(batch), device, 3)[0]
 
     times = {}
     for precision in ("fp32", "bf16"):

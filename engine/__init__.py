@@ -9,10 +9,14 @@ Public API (imported lazily, so ``import gagavatar.engine`` is cheap)::
     avatar = model.reconstruct(src.crop[None], src.transform[None])
     verts = flame(shape=..., expression=..., pose=..., eyes=...)  # [B, 5023, 3], x5
     frame = model.render(avatar, verts, transform)               # .image [B, 3, 512, 512]
-"""
-from importlib import import_module
 
-_EXPORTS = {
+Sub-packages: :mod:`.networks` (DINOv2 encoder, Gaussian generators, StyleUNet neural renderer),
+:mod:`.splatting` (Gaussian rasterization, torch and gsplat backends, per-frame fast paths),
+:mod:`.tracking`, :mod:`.training`.
+"""
+from ._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(globals(), {
     # model and checkpoints
     "GAGAvatar": ".model",
     "load_model": ".checkpoints",
@@ -30,9 +34,19 @@ _EXPORTS = {
     "opencv_to_transform": ".cameras",
     "transform_to_blender": ".cameras",
     "blender_to_transform": ".cameras",
-    # rasterization
-    "render_gaussians": ".rasterize",
-    "RenderResult": ".rasterize",
+    # networks
+    "DinoVisionTransformer": ".networks",
+    "DINOBase": ".networks",
+    "HarmonicEmbedding": ".networks",
+    "LinearGSGenerator": ".networks",
+    "ConvGSGenerator": ".networks",
+    "StyleUNet": ".networks",
+    # splatting
+    "render_gaussians": ".splatting",
+    "RenderResult": ".splatting",
+    "covariance_from_scale_rotation": ".splatting",
+    "PRECISIONS": ".splatting",
+    "PinnedReadback": ".splatting",
     # tracking and driving sequences
     "fit_flame": ".tracking",
     "track_image": ".tracking",
@@ -45,18 +59,4 @@ _EXPORTS = {
     # errors
     "GAGAvatarError": ".errors",
     "AssetError": ".errors",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+})

@@ -6,8 +6,9 @@ Folder: ``--assets DIR``, else ``$GAGAVATAR_ASSETS``, else the user data folder
 
 Files (:data:`MANIFEST`): ``GAGAvatar.pt`` (the network weights) and ``FLAME_with_eye.pt`` (the
 FLAME head model, which may only be used under the FLAME licence, https://flame.is.tue.mpg.de),
-published by the GAGAvatar authors on Hugging Face without checksums, so they are checked by
-structure (keys and shapes); and the tracking models (:data:`TRACKING_MODELS`: Google's MediaPipe
+published by the GAGAvatar authors on Hugging Face, checked by structure (keys and shapes) and,
+as downloaded, against the sha256 Hugging Face publishes for each LFS file (its ``X-Linked-Etag``
+header; no digest is pinned here, none could be read offline); and the tracking models (:data:`TRACKING_MODELS`: Google's MediaPipe
 face detectors, face landmarker and selfie segmenter, Apache-2.0, no licence to accept), fetched
 from their official Google Cloud Storage URLs and checked against pinned sha256 digests.
 
@@ -278,9 +279,17 @@ def _content_range(header: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
+def _published_sha256(headers) -> str | None:
+    """The sha256 a server publishes for a file: Hugging Face sends an LFS file's as ``X-Linked-Etag``."""
+    tag = (headers.get("X-Linked-Etag") or "").strip().removeprefix("W/").strip('"').lower()
+    return tag if re.fullmatch(r"[0-9a-f]{64}", tag) else None
+
+
 def _fetch(url: str, part: Path, progress: Progress | None,
-           cancel: Callable[[], bool] | None) -> None:
-    """Download ``url`` into ``part``, resuming from its current size; raise unless it is complete."""
+           cancel: Callable[[], bool] | None) -> str | None:
+    """Download ``url`` into ``part``, resuming from its current size; raise unless it is complete.
+
+    Returns the sha256 the server publishes for the file (:func:`_published_sha256`), if any."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"gagavatar/{__version__}"}
     if offset:
@@ -291,7 +300,7 @@ def _fetch(url: str, part: Path, progress: Progress | None,
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # nothing left after `offset`: complete, or stale
             if _content_range(err.headers.get("Content-Range"))[1] == offset:
-                return
+                return _published_sha256(err.headers)
             part.unlink()
             return _fetch(url, part, progress, cancel)
         raise AssetError(f"downloading {url} failed with HTTP {err.code} {err.reason}: check the URL "
@@ -300,6 +309,7 @@ def _fetch(url: str, part: Path, progress: Progress | None,
         reason = getattr(err, "reason", err)
         raise AssetError(f"cannot download {url} ({reason}): check your connection, then try again") from err
     with response:
+        published = _published_sha256(response.headers)
         start, total = _content_range(response.headers.get("Content-Range"))
         length = response.headers.get("Content-Length")
         if response.status == 206:
@@ -329,6 +339,7 @@ def _fetch(url: str, part: Path, progress: Progress | None,
             raise AssetError(f"download of {url} interrupted after {done} bytes ({err}): {retry}") from err
     if total is not None and done != total:
         raise AssetError(f"download of {url} stopped at {done} of {total} bytes: {retry}")
+    return published
 
 
 def download_assets(folder: str | os.PathLike, accept_license: bool, base_url: str | None = None,
@@ -374,9 +385,12 @@ def download_assets(folder: str | os.PathLike, accept_license: bool, base_url: s
             url = f"{base_url.rstrip('/')}/{asset.name}"
         else:
             url = asset.url or f"{BASE_URL.rstrip('/')}/{asset.name}"
-        _fetch(url, part, progress, cancel)
+        published = _fetch(url, part, progress, cancel)
         problem = None
         try:
+            if published and file_sha256(part) != published:
+                raise AssetError(f"its sha256 is not the {published[:16]}... that {url} publishes for it "
+                                 "(a corrupted transfer?): download it again")
             asset.check(part)
         except AssetError as err:  # keep only the text: the traceback would hold the file open
             problem = str(err)

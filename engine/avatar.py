@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write, write_npz
-from .covariance import covariance_from_scale_rotation
 from .errors import GAGAvatarError
+from .splatting.covariance import covariance_from_scale_rotation
 
 N_EXPRESSION = 5023
 """Expression Gaussians: one per FLAME vertex, first in the Gaussian order."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import types
 import zipfile
 from collections import OrderedDict
@@ -27,7 +26,8 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
-from .errors import AssetError, UnsafeFileError
+from .errors import AssetError
+from .safe_load import ZIP_MAGIC, file_head, load_torch
 
 OFFICIAL_FORMAT = "official"
 COMPACT_FORMAT = "gagavatar-compact"
@@ -46,7 +46,6 @@ SYNTHETIC_KEY = "SYNTHETIC"
 MODEL_REMEDY = ("get GAGAvatar.pt with `gagavatar assets download` (or set GAGAVATAR_ASSETS to "
                 "the folder that holds it)")
 
-_ZIP_MAGIC = b"PK\x03\x04"
 _SHOWN = 3  # how many offending keys an error message names
 
 
@@ -89,39 +88,19 @@ def load_torch_file(path: str | os.PathLike, remedy: str) -> Any:
     """``torch.load`` a torch zip archive safely (CPU, ``weights_only``, memory-mapped).
 
     Every failure is an :class:`AssetError` whose message ends with ``remedy``; a file that asks
-    to unpickle anything but plain data raises :class:`UnsafeFileError` and nothing of it runs.
+    to unpickle anything but plain data raises :class:`~.errors.UnsafeFileError` and nothing of it runs.
     """
     path = Path(path)
-    if not path.exists():
-        raise AssetError(f"{path} not found: {remedy}")
-    if path.is_dir():
-        raise AssetError(f"{path} is a folder, not a file: {remedy}")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_ZIP_MAGIC))
-    except OSError as err:
-        raise AssetError(f"cannot read {path} ({err.strerror}): check its permissions") from err
-    if not head:
-        raise AssetError(f"{path} is empty: {remedy}")
-    if head != _ZIP_MAGIC:
+    if file_head(path, remedy, len(ZIP_MAGIC)) != ZIP_MAGIC:
         raise AssetError(f"{path} is not a PyTorch checkpoint (not a torch zip archive): {remedy}")
-    if not zipfile.is_zipfile(path):
-        raise AssetError(f"{path} is truncated or corrupt (incomplete download?): {remedy}")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as err:
-        raise AssetError(f"{path} is truncated or corrupt ({err}): {remedy}") from err
+        raise AssetError(f"{path} is truncated or corrupt (incomplete download?): {remedy}") from err
     if not any(n.endswith("/data.pkl") for n in names):
         raise AssetError(f"{path} is a zip archive but not a PyTorch checkpoint: {remedy}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeFileError(f"{path} contains pickled code, not just weights; it was refused and "
-                              f"nothing in it was run: use a file from a trusted source ({remedy})") from err
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise AssetError(f"{path} is truncated or corrupt ({reason}): {remedy}") from err
+    return load_torch(path, remedy, "PyTorch checkpoint", mmap=True)
 
 
 def _first(keys: list[str]) -> str:
@@ -192,7 +171,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     Returns ``(state_dict, meta_cfg)``: an ordered float32 state dict (with ``percep_loss.*``
     when the file has them; see :func:`split_perceptual`) and the plain ``meta_cfg`` dict.
     Float32 tensors stay memory-mapped from the file. Raises :class:`AssetError` (missing,
-    truncated, corrupt, wrong kind, wrong layout) or :class:`UnsafeFileError`.
+    truncated, corrupt, wrong kind, wrong layout) or :class:`~.errors.UnsafeFileError`.
     """
     _, raw, meta_cfg = _read_raw(path)
     state_dict = OrderedDict((k, v if v.dtype == torch.float32 else v.float()) for k, v in raw.items())

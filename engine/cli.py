@@ -3,10 +3,12 @@
 Commands::
 
     gagavatar assets check|download [--assets DIR] [--accept-license | --tracking-only]
+    gagavatar assets synthesize DIR [--seed N]
     gagavatar info CHECKPOINT
     gagavatar track IMAGE|VIDEO -o OUT.npz [--overlay PREVIEW.png]
     gagavatar reconstruct IMAGE -o avatar.npz [--ply avatar.ply] [--overlay PREVIEW.png]
-    gagavatar render AVATAR [--drive SEQUENCE] -o out.mp4|DIR [--frames N] [--fps F]
+    gagavatar render AVATAR [--drive SEQUENCE] -o out.mp4|DIR [--frames N] [--fps F] [--camera CAMERA.json]
+    gagavatar export AVATAR --mesh head.obj|.glb|.ply|.stl [--drive SEQUENCE --frame N]
 
 Assets come from ``--assets DIR``, else ``$GAGAVATAR_ASSETS``, else the user data folder.
 User errors print one line (``error: ...``) and exit with status 2; nothing partial is written.
@@ -25,7 +27,8 @@ from pathlib import Path
 
 from .. import __version__
 from .atomic import atomic_write, umask
-from .errors import Cancelled, GAGAvatarError
+from .console import Parser, passes_progress, progress_bar, run_command
+from .errors import GAGAvatarError
 from .video_writer import VideoWriter
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -42,43 +45,6 @@ def _device(name: str):
     if name == "cuda" and not torch.cuda.is_available():
         raise GAGAvatarError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
     return torch.device(name)
-
-
-def _progress(desc: str, total: int | None = None, unit: str = "frame"):
-    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr; ``unit="B"`` counts bytes
-    (shown in kB, MB, ...)."""
-    from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=True, file=sys.stderr)
-
-    def update(done, total_now=None):
-        if total_now is not None and bar.total != total_now:
-            bar.total = total_now
-        bar.n = done
-        bar.refresh()
-    update.close = bar.close
-    return update
-
-
-def _passes_progress(desc: str, labels: tuple[str, ...]):
-    """A ``progress(done, total)`` callback for work counted over equal passes in one total (a
-    video's tracking: its frames read, then fitted): one labelled bar per pass."""
-    state = {"index": -1, "bar": None}
-
-    def update(done, total):
-        per = max(total // len(labels), 1)
-        index = min(max(done - 1, 0) // per, len(labels) - 1)
-        if index != state["index"]:
-            if state["bar"] is not None:
-                state["bar"](per, per)
-                state["bar"].close()
-            state["index"], state["bar"] = index, _progress(f"{desc}: {labels[index]}", per)
-        state["bar"](done - index * per, per)
-
-    def close():
-        if state["bar"] is not None:
-            state["bar"].close()
-    update.close = close
-    return update
 
 
 def _load_model_and_flame(args):
@@ -164,7 +130,7 @@ def cmd_assets(args) -> int:
             print(f"{name:{width}s} {status:8s} {message}")
         return 0 if all(status == "ok" for _, status, _ in rows) else 1
     if args.tracking_only:  # Google's MediaPipe models: no licence to accept
-        progress = _progress("download", unit="B")
+        progress = progress_bar("download", unit="B")
         try:
             download_assets(folder, accept_license=False, progress=progress, names=TRACKING_MODELS)
         finally:
@@ -177,7 +143,7 @@ def cmd_assets(args) -> int:
         accept = input("Have you registered and accepted the FLAME licence terms? [y/N] ").strip().lower() in ("y", "yes")
     if not accept:
         download_assets(folder, accept_license=False)   # raises the licence error, downloads nothing
-    progress = _progress("download", unit="B")
+    progress = progress_bar("download", unit="B")
     try:
         download_assets(folder, accept_license=accept, progress=progress)
     finally:
@@ -224,7 +190,7 @@ def cmd_track(args) -> int:
     flame = load_flame(asset_path("FLAME_with_eye.pt", args.assets))
     src = Path(args.input)
     if src.suffix.lower() in VIDEO_SUFFIXES:
-        progress = _passes_progress("track", ("reading faces", "fitting FLAME"))
+        progress = passes_progress("track", ("reading faces", "fitting FLAME"))
         try:
             seq = track_video(src, flame, progress=progress, assets=args.assets)
         finally:
@@ -284,6 +250,7 @@ def cmd_render(args) -> int:
 
     from .animation import orbit_sequence
     from .avatar import Avatar
+    from .framing import read_camera
     from .sequence import load_sequence
     out = Path(args.output)
     as_video = out.suffix.lower() in VIDEO_SUFFIXES
@@ -293,6 +260,10 @@ def cmd_render(args) -> int:
                                  "or a folder for PNG frames")
         _frames_folder(out, args.overwrite)
     seq = load_sequence(args.drive) if args.drive else None  # a bad file fails before the model loads
+    camera = read_camera(args.camera) if args.camera else None
+    if camera is not None and as_video and (camera.width % 2 or camera.height % 2):
+        raise GAGAvatarError(f"H.264 video needs an even width and height, the camera's frame is "
+                             f"{camera.width}x{camera.height}: change it by a pixel or render PNG frames")
     model, flame, device = _load_model_and_flame(args)
     avatar = Avatar.load(args.avatar, device=device)
     if seq is None:
@@ -304,7 +275,7 @@ def cmd_render(args) -> int:
     shape = avatar.shape if avatar.shape is not None else torch.zeros(1, 300, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = None if as_video else Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    progress = _progress("render", n)
+    progress = progress_bar("render", n)
     try:
         # frames are streamed: to ffmpeg (constant memory) or to PNGs in the staging folder
         with _naming(out), VideoWriter(out, fps, _sound(seq, args)) if as_video else contextlib.nullcontext() as video:
@@ -316,8 +287,11 @@ def cmd_render(args) -> int:
                                   expression=seq.expression[sl].to(device),
                                   pose=torch.cat([torch.zeros(stop - start, 3, device=device), seq.jaw[sl].to(device)], -1),
                                   eyes=seq.eyes[sl].to(device))
-                    frame = model.render(avatar, verts, seq.transform[sl].to(device), precision=args.precision)
-                rgb = (frame.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                    if camera is None:
+                        frame = model.render(avatar, verts, seq.transform[sl].to(device), precision=args.precision)
+                        rgb = (frame.image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                    else:
+                        rgb = [_camera_frame(model, avatar, v, camera, args.precision) for v in verts]
                 for i, img in enumerate(rgb):
                     if video is not None:
                         video.write(img)
@@ -338,14 +312,43 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _camera_frame(model, avatar, vertices, camera, precision: str):
+    """One ``[H, W, 3]`` uint8 sRGB frame of ``avatar`` (over black) through an OpenCV camera."""
+    import numpy as np
+
+    from .framing import linear_to_srgb, render_opencv
+    layers = render_opencv(model, avatar, vertices.cpu().numpy(), camera.K, camera.R, camera.t, camera.width,
+                           camera.height, precision)
+    return (linear_to_srgb(layers.combined[..., :3]) * 255 + 0.5).astype(np.uint8)
+
+
+def cmd_export(args) -> int:
+    from .assets import asset_path
+    from .avatar import Avatar
+    from .flame import load_flame
+    from .mesh_export import MESH_SUFFIXES, export_head, head_mesh
+    from .sequence import load_sequence
+    out = Path(args.mesh)
+    if out.suffix.lower() not in MESH_SUFFIXES:
+        raise GAGAvatarError(f"cannot write a mesh to {out.name}: use {', '.join(MESH_SUFFIXES)}")
+    seq = load_sequence(args.drive) if args.drive else None
+    if seq is not None and not 0 <= args.frame < seq.num_frames:
+        raise GAGAvatarError(f"--frame {args.frame} is outside {args.drive} (frames 0 to {seq.num_frames - 1})")
+    avatar = Avatar.load(args.avatar)
+    if avatar.shape is None:
+        raise GAGAvatarError(f"{args.avatar} holds no FLAME identity: reconstruct it again with this version")
+    flame = load_flame(asset_path("FLAME_with_eye.pt", args.assets))
+    pose = {} if seq is None else {"expression": seq.expression[args.frame], "jaw": seq.jaw[args.frame],
+                                   "eyes": seq.eyes[args.frame]}
+    mesh = head_mesh(flame, avatar.shape[0], **pose)
+    with _naming(out):
+        export_head(out, mesh)
+    what = "neutral expression" if seq is None else f"the expression of frame {args.frame} of {Path(args.drive).name}"
+    print(f"FLAME head of {Path(args.avatar).name} ({len(mesh.vertices)} vertices, metres, {what}) -> {out}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (``error: ...``, exit code 2), like the commands' own."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-
 def _positive(kind):
     """An argparse type: a number of ``kind`` greater than zero."""
     def parse(text: str):
@@ -360,13 +363,8 @@ def _positive(kind):
     return parse
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as ``warning: <message>`` lines (no source file, line or code)."""
-    print(f"warning: {message}", file=sys.stderr if file is None else file)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="gagavatar", description="GAGAvatar: one-photo animatable Gaussian head avatars")
+    p = Parser(prog="gagavatar", description="GAGAvatar: one-photo animatable Gaussian head avatars")
     p.add_argument("--version", action="version", version=f"gagavatar {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -418,8 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace the frames of an earlier render in the folder")
     d.add_argument("--no-audio", action="store_true",
                    help="leave out the sound of the video the driving sequence was tracked from")
+    d.add_argument("--camera", metavar="CAMERA.json",
+                   help="render through this OpenCV camera (any intrinsics and resolution) instead of the "
+                        "sequence's: a JSON file {\"K\": 3x3, \"R\": 3x3, \"t\": [3], \"width\": W, \"height\": H}, "
+                        "posed in the avatar's head space (x_cam = R x + t; units of 0.2 m, +Y up, face toward +Z)")
     common(d)
     d.set_defaults(func=cmd_render)
+
+    x = sub.add_parser("export", help="export the avatar's FLAME head as a mesh (.obj, .glb, .ply, .stl)")
+    x.add_argument("avatar")
+    x.add_argument("--mesh", required=True, metavar="OUT", help="the mesh file; its suffix picks the format")
+    x.add_argument("--drive", metavar="SEQUENCE", help="take the expression, jaw and eyes from this driving sequence")
+    x.add_argument("--frame", type=int, default=0, help="the frame of --drive (default 0)")
+    common(x, device=False)
+    x.set_defaults(func=cmd_export)
 
     from .training.cli import add_subcommands
     add_subcommands(sub)
@@ -428,25 +438,3 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     return run_command(build_parser().parse_args(argv))
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed subcommand (``args.func``): its exit code, or 130 when cancelled and 2 (with a
-    one-line ``error:`` message on stderr) on a user error."""
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
-            return args.func(args)
-    except Cancelled as e:
-        print(f"cancelled: {e}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
-    except GAGAvatarError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only folder, ...: what and where, no traceback
-        where = f": {e.filename}" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}: free some space or choose another place", file=sys.stderr)
-        return 2

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from .checkpoints import load_torch_file
 from .errors import AssetError
+from .safe_load import file_head
 from .safe_pickle import PickledObject, load_npy, load_npz, safe_load
 
 __all__ = ["FLAME", "load_flame", "N_VERTICES", "N_JOINTS", "N_LANDMARKS", "N_CONTOUR", "CONTOUR_MAX_DEG"]
@@ -292,17 +293,7 @@ class FLAME(nn.Module):
 
 def _read_data(path: Path, remedy: str) -> Any:
     """The content of a FLAME or landmark file, whichever of the supported kinds it is."""
-    if not path.exists():
-        raise AssetError(f"{path} not found: {remedy}")
-    if path.is_dir():
-        raise AssetError(f"{path} is a folder, not a file: {remedy}")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as err:
-        raise AssetError(f"cannot read {path} ({err.strerror}): check its permissions") from err
-    if not head:
-        raise AssetError(f"{path} is empty: {remedy}")
+    head = file_head(path, remedy)
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as archive:

@@ -22,12 +22,12 @@ from torch import nn
 
 from .avatar import N_EXPRESSION, Avatar
 from .cameras import FOCAL, IMAGE_SIZE, PLANE_SIZE, build_points_planes
-from .dino_base import DINOBase
-from .fastpath import PinnedReadback, autocast, check_precision, compile_per_frame
-from .generators import ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
-from .rasterize import render_gaussians
+from .networks.dino_base import DINOBase
+from .networks.generators import ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
+from .networks.style_unet import StyleUNet
 from .shapes import broadcast
-from .style_unet import StyleUNet
+from .splatting.fastpath import PinnedReadback, autocast, check_precision, compile_per_frame
+from .splatting.rasterize import render_gaussians
 
 DINO_SIZE = 518
 """DINOv2 input side: 37 x 37 patches of 14 px."""
@@ -52,7 +52,7 @@ class Frame:
     def to_host(self, readback: PinnedReadback | None = None) -> "Frame":
         """This frame on the host (tensors already there are kept as they are).
 
-        With a :class:`~.fastpath.PinnedReadback` the four copies go through its page-locked
+        With a :class:`~.splatting.fastpath.PinnedReadback` the four copies go through its page-locked
         buffers with one wait (the result is overwritten by that readback's next call);
         without, plain ``.cpu()`` copies.
         """
@@ -154,7 +154,7 @@ class GAGAvatar(nn.Module):
             transform: ``[B, 3, 4]`` cameras of the frames.
             focal, center: normalised focal (default 12) and NDC principal-point offset.
         Returns:
-            :class:`~.rasterize.RenderResult` at 512^2 (features ``[B, 32, 512, 512]``).
+            :class:`~.splatting.rasterize.RenderResult` at 512^2 (features ``[B, 32, 512, 512]``).
         """
         B = vertices.shape[0]
         if avatar.batch_size not in (1, B):
@@ -177,7 +177,7 @@ class GAGAvatar(nn.Module):
         Args:
             precision: ``"fp32"`` (official) or ``"bf16"``: the convolutions run under bf16
                 autocast, modulation, demodulation and the style MLP stay float32.
-            compiled: run through :func:`~.fastpath.compile_per_frame` (CUDA graphs on CUDA); the
+            compiled: run through :func:`~.splatting.fastpath.compile_per_frame` (CUDA graphs on CUDA); the
                 first call per input shape and device type compiles.
         """
         check_precision(precision)

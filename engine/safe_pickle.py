@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, Optional, Union
 import numpy as np
 
 from .errors import AssetError, GAGAvatarError, UnsafeFileError
+from .safe_load import file_head
 
 __all__ = ["PickledObject", "safe_load", "load_npy", "load_npz"]
 
@@ -276,10 +277,7 @@ def _open(file_or_path: FileOrPath) -> tuple[BinaryIO, str, bool]:
     """(binary file, name for messages, whether we opened it)."""
     if isinstance(file_or_path, (str, os.PathLike)):
         path = Path(file_or_path)
-        if not path.exists():
-            raise AssetError(f"{path} not found: check the path")
-        if path.is_dir():
-            raise AssetError(f"{path} is a folder, not a file: pass the file itself")
+        file_head(path, "give the path of the file itself", 1)
         try:
             return open(path, "rb"), str(path), True
         except OSError as err:

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write, write_npz
-from .errors import GAGAvatarError
+from .errors import GAGAvatarError, UnsafeFileError
+from .safe_load import load_torch
 from .safe_pickle import safe_load
 from .shapes import ShapeError, batch_size
 
@@ -162,11 +163,9 @@ def _from_records(data: Any, path: Path) -> DrivingSequence:
 def _load_torch_records(path: Path) -> Any:
     """A ``torch.save``-written file's content: tensors via ``weights_only=True``, numpy arrays via safe_pickle."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        return load_torch(path, "re-run tracking", "tracked.pt")
+    except UnsafeFileError:
         pass  # numpy arrays (the official cache) or something unsafe: let the restricted unpickler decide
-    except Exception as e:  # noqa: BLE001 - any other failure is a bad file for the user
-        raise GAGAvatarError(f"{path} is not a readable tracked.pt ({type(e).__name__}): re-run tracking") from None
     try:
         with zipfile.ZipFile(path) as z:
             names = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]

@@ -23,6 +23,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
+from ..engine.framing import crop_anchor
 from . import gaussians, rig
 from .jobs import check
 
@@ -77,17 +78,6 @@ def reconstruct_work(image_path: str, model_path: Path, flame_path: Path, device
             jaw=tracked.jaw.numpy(), eyes=tracked.eyes.numpy(), transform=tracked.transform.numpy(),
             crop=tracked.crop.permute(1, 2, 0).numpy(), residual_px=float(tracked.residual_px), flame=flame)
     return work
-
-
-def crop_anchor(transform: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(anchor, radius)`` of a source camera: the point of its optical axis level with the head
-    origin, and the half side its 512^2 image spans there (distance / focal 12)."""
-    from ..engine.cameras import FOCAL
-    R, T = transform[:, :3].astype(np.float64), transform[:, 3].astype(np.float64)
-    center = -R @ T
-    direction = R[:, 2]
-    distance = float(-center @ direction)
-    return center + distance * direction, distance / FOCAL
 
 
 def _source_camera(name: str, transform: np.ndarray, root_matrix: Matrix, crop_image) -> bpy.types.Object:

@@ -48,7 +48,7 @@ def write_mesh(name: str, gaussians: dict) -> bpy.types.Mesh:
             attr = mesh.attributes.new(attr_name, "FLOAT", "POINT")
             attr.data.foreach_set("value", np.ascontiguousarray(values[:, c]))
     from . import colour
-    from .frame_render import srgb_to_linear
+    from ..engine.framing import srgb_to_linear
     preview = np.empty((len(xyz), 4), np.float32)
     preview[:, :3] = colour.to_working_space(srgb_to_linear(np.clip(gaussians["colors"][:, :3], 0.0, 1.0)),
                                              colour.file_conversion()[0])

@@ -17,7 +17,11 @@ class GAGAVATAR_PG_avatar(bpy.types.PropertyGroup):
                                       description="Camera of the source photo")
     image: bpy.props.PointerProperty(name="Source Image", type=bpy.types.Image)
     source_transform: bpy.props.FloatVectorProperty(
-        name="Source Transform", size=12, description="Official [R|T] camera of the source crop, row-major")
+        name="Source Transform", size=12,
+        description="Tracked camera of the source photo in head space (the engine's Avatar.source_transform): "
+                    "official PyTorch3D [R|T], 3x4 row-major, FLAME x5 units. Written once and not read by the "
+                    "add-on (the Source Camera object starts from it and may be moved); for scripts, "
+                    "engine.cameras.transform_to_blender turns it into a camera matrix in head space")
     anchor: bpy.props.FloatVectorProperty(
         name="Crop Anchor", size=3, subtype="XYZ",
         description="Head-space point the network's 512x512 crop is centred on")
@@ -78,8 +82,3 @@ def avatar_root(obj):
             if candidate.gagavatar.is_avatar and candidate.gagavatar.camera == obj:
                 return candidate
     return None
-
-
-def scene_avatars(scene):
-    """Avatar roots linked to ``scene``."""
-    return [obj for obj in scene.objects if obj.gagavatar.is_avatar]

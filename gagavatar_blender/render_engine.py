@@ -17,31 +17,9 @@ import numpy as np
 
 import bpy
 
-from . import colour, frame_render, networks, preferences, scene_views
+from . import colour, scene_render, scene_views
 
 COARSE_PASS = "Coarse"
-
-
-def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None):
-    """Render every visible avatar through a camera; the layers, or None if cancelled.
-
-    Raises:
-        GAGAvatarError: missing assets, an unavailable device, a broken avatar.
-    """
-    prefs = preferences.get()
-    device = networks.resolve_device(prefs.device)
-    views = scene_views.avatar_views(depsgraph, camera_world, device)
-    if not views:
-        return frame_render.Layers.empty(intrinsics.width, intrinsics.height)
-    model_path, _ = networks.asset_paths(prefs)
-    model = networks.load_model(model_path, device)
-    precision = depsgraph.scene.gagavatar_render.precision.lower()
-    layers = frame_render.render_frame(model, views, intrinsics, progress, cancel, precision)
-    matrix, _ = colour.file_conversion()
-    if layers is not None and matrix is not None:  # linear Rec.709 -> the file's working space
-        layers.combined[..., :3] = colour.to_working_space(layers.combined[..., :3], matrix)
-        layers.coarse = colour.to_working_space(layers.coarse, matrix)
-    return layers
 
 
 def render_size(scene) -> tuple[int, int]:
@@ -116,7 +94,7 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
             self.update_stats("", f"GAGAvatar: frame {scene.frame_current}, avatar {min(done + 1, total)}/{total}")
         try:
             intrinsics = scene_views.camera_intrinsics(depsgraph, camera, width, height)
-            layers = render_scene(depsgraph, camera.matrix_world, intrinsics, progress, self.test_break)
+            layers = scene_render.render_scene(depsgraph, camera.matrix_world, intrinsics, progress, self.test_break)
         except GAGAvatarError as err:
             self.report({"ERROR"}, str(err))
             self.error_set(str(err))

@@ -7,13 +7,15 @@
   ``neck`` (fixed at rest in FLAME), all at the FLAME joints with identity rest orientation, so a
   control's pose quaternion is FLAME's local joint rotation.
 * ``PoseNN`` are driven by native simple-expression drivers: entry (r, c) of ``R - I`` computed
-  from the bone's (unit) ``rotation_quaternion``.
+  from the bone's (unit) ``rotation_quaternion``. The expressions come from :mod:`.driver_expressions`.
 
 The head root's pose matrix is the head pose the renderer moves into the camera
 (:func:`head_matrix`); :func:`unposed` removes it from evaluated vertices exactly.
 """
 import bpy
 import numpy as np
+
+from . import driver_expressions
 
 BONES = ("root", "neck", "jaw", "eye_L", "eye_R")  # keyable controls (FLAME joint order)
 HEAD_ROOT = BONES[0]
@@ -23,16 +25,10 @@ DEFORM = ("DEF-root", "neck", "DEF-jaw", "DEF-eye_L", "DEF-eye_R")
 EXPRESSION_KEYS = tuple(f"Exp{i:03d}" for i in range(1, 101))
 POSE_KEYS = tuple(f"Pose{i:02d}" for i in range(1, 37))
 EXPRESSION_RANGE = 10.0
-# Driver expressions are cut at 255 characters: the linear sums are split in chunks.
+# Driver expressions are cut at 255 characters (driver_expressions.MAX_LENGTH): the linear sums
+# over the 100 Exp keys are split in chunks.
 CHUNK = 10
 CHUNKS = 100 // CHUNK
-
-# Row-major entries of R - I for a unit quaternion (w, x, y, z), as simple expressions.
-R_MINUS_I = (
-    "-2*(y*y+z*z)", "2*(x*y-w*z)", "2*(x*z+w*y)",
-    "2*(x*y+w*z)", "-2*(x*x+z*z)", "2*(y*z-w*x)",
-    "2*(x*z-w*y)", "2*(y*z+w*x)", "-2*(x*x+y*y)",
-)
 
 
 def _as_numpy(t) -> np.ndarray:
@@ -121,19 +117,40 @@ def _add_keys(obj, rest, basis, names, limit):
         key.data.foreach_set("co", (rest + basis[:, :, k]).astype(np.float32).ravel())
 
 
+def _add_variable(driver, name: str, target_id, data_path: str, id_type: str = "OBJECT"):
+    """A single-property variable ``name`` of ``driver`` reading ``data_path`` of ``target_id``."""
+    var = driver.variables.new()
+    var.name = name
+    var.type = "SINGLE_PROP"
+    var.targets[0].id_type = id_type
+    var.targets[0].id = target_id
+    var.targets[0].data_path = data_path
+
+
+def _quaternion_path(bone: str, i: int) -> str:
+    return f'pose.bones["{bone}"].rotation_quaternion[{i}]'
+
+
+def _scripted(owner, path: str, index: int):
+    """A new simple-expression driver on ``owner.path[index]`` (its expression set by the caller)."""
+    driver = owner.driver_add(path, index).driver
+    driver.type = "SCRIPTED"
+    return driver
+
+
+def _add_quaternion(driver, arm_obj, bone: str):
+    """Variables ``w x y z`` (:data:`.driver_expressions.QUATERNION`): the control's rotation."""
+    for i, name in enumerate(driver_expressions.QUATERNION):
+        _add_variable(driver, name, arm_obj, _quaternion_path(bone, i))
+
+
 def _drive_pose_keys(obj, arm_obj):
+    """``PoseNN`` = entry (r, c) of ``R - I`` of the neck's, jaw's and eyes' rotations (FLAME's pose features)."""
     blocks = obj.data.shape_keys.key_blocks
     for j, bone in enumerate(BONES[1:]):
-        for e, expression in enumerate(R_MINUS_I):
-            fcurve = blocks[POSE_KEYS[9 * j + e]].driver_add("value")
-            driver = fcurve.driver
-            driver.type = "SCRIPTED"
-            for i, var_name in enumerate("wxyz"):
-                var = driver.variables.new()
-                var.name = var_name
-                var.type = "SINGLE_PROP"
-                var.targets[0].id = arm_obj
-                var.targets[0].data_path = f'pose.bones["{bone}"].rotation_quaternion[{i}]'
+        for e, expression in enumerate(driver_expressions.R_MINUS_I):
+            driver = _scripted(blocks[POSE_KEYS[9 * j + e]], "value", -1)
+            _add_quaternion(driver, arm_obj, bone)
             driver.expression = expression
 
 
@@ -146,57 +163,36 @@ def _drive_joint_shift(obj, arm_obj, joint_basis):
     armature data (a separate ID, evaluated first) driven linearly by the Exp keys.
     """
     key = obj.data.shape_keys
+    exp_names = [f"e{k + 1}" for k in range(len(EXPRESSION_KEYS))]
+    sum_names = [[f"d{c * CHUNKS + n}" for n in range(CHUNKS)] for c in range(3)]
     for j, bone in enumerate(BONES):
         if bone == "neck":
             continue  # FLAME keeps the neck at rest: (I - R) = 0
         pb = arm_obj.pose.bones[DEFORM[j]]
-        for i in range(4):
+        for i in range(4):  # the DEF bone copies its control's rotation
             driver = pb.driver_add("rotation_quaternion", i).driver
             driver.type = "AVERAGE"
-            var = driver.variables.new()
-            var.targets[0].id = arm_obj
-            var.targets[0].data_path = f'pose.bones["{bone}"].rotation_quaternion[{i}]'
+            _add_variable(driver, "var", arm_obj, _quaternion_path(bone, i))
 
         prop = f"dJ_{bone}"
         arm_obj.data[prop] = [0.0] * (3 * CHUNKS)  # per axis c, CHUNKS partial sums over the Exp keys
         for c in range(3):
             for chunk in range(CHUNKS):
-                index = c * CHUNKS + chunk
-                driver = arm_obj.data.driver_add(f'["{prop}"]', index).driver
-                driver.type = "SCRIPTED"
-                terms = []
-                for k in range(chunk * CHUNK, (chunk + 1) * CHUNK):
-                    var = driver.variables.new()
-                    var.name = f"e{k + 1}"
-                    var.targets[0].id_type = "KEY"
-                    var.targets[0].id = key
-                    var.targets[0].data_path = f'key_blocks["{EXPRESSION_KEYS[k]}"].value'
-                    terms.append(f"{joint_basis[j, c, k]:+.8g}*e{k + 1}")
-                driver.expression = "".join(terms).lstrip("+")
+                driver = _scripted(arm_obj.data, f'["{prop}"]', c * CHUNKS + chunk)
+                lo, hi = chunk * CHUNK, (chunk + 1) * CHUNK
+                for k in range(lo, hi):
+                    _add_variable(driver, exp_names[k], key, f'key_blocks["{EXPRESSION_KEYS[k]}"].value', "KEY")
+                driver.expression = driver_expressions.linear_combination(joint_basis[j, c, lo:hi], exp_names[lo:hi])
         for r in range(3):
-            driver = pb.driver_add("location", r).driver
-            driver.type = "SCRIPTED"
-            for i, var_name in enumerate("wxyz"):
-                var = driver.variables.new()
-                var.name = var_name
-                var.targets[0].id = arm_obj
-                var.targets[0].data_path = f'pose.bones["{bone}"].rotation_quaternion[{i}]'
-            for index in range(3 * CHUNKS):
-                var = driver.variables.new()
-                var.name = f"d{index}"
-                var.targets[0].id_type = "ARMATURE"
-                var.targets[0].id = arm_obj.data
-                var.targets[0].data_path = f'["{prop}"][{index}]'
-            sums = ["(" + "+".join(f"d{c * CHUNKS + n}" for n in range(CHUNKS)) + ")" for c in range(3)]
-            row = R_MINUS_I[3 * r:3 * r + 3]
-            shift = "-(" + "+".join(f"({m})*{sums[c]}" for c, m in enumerate(row)) + ")"
+            driver = _scripted(pb, "location", r)
+            _add_quaternion(driver, arm_obj, bone)
+            for index, name in enumerate(n for names in sum_names for n in names):
+                _add_variable(driver, name, arm_obj.data, f'["{prop}"][{index}]', "ARMATURE")
+            translation = None
             if bone == HEAD_ROOT:  # the head root also translates the whole head
-                var = driver.variables.new()
-                var.name = "t"
-                var.targets[0].id = arm_obj
-                var.targets[0].data_path = f'pose.bones["{bone}"].location[{r}]'
-                shift = "t" + shift
-            driver.expression = shift
+                translation = "t"
+                _add_variable(driver, translation, arm_obj, f'pose.bones["{bone}"].location[{r}]')
+            driver.expression = driver_expressions.joint_shift(r, sum_names, translation)
 
 
 def axis_angle_to_quaternion(rotvec) -> tuple[float, float, float, float]:

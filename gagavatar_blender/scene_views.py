@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import networks, rig
-from .frame_render import AvatarView, Intrinsics, intrinsics_from_projection
+from ..engine.framing import AvatarView, Intrinsics, intrinsics_from_projection
 
 
 def _matrix(m) -> np.ndarray:

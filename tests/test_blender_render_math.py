@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from gagavatar.engine.cameras import blender_to_transform, transform_to_opencv
-from gagavatar.engine.rasterize import RenderResult
-from gagavatar.gagavatar_blender import frame_render as fr
+from gagavatar.engine.splatting.rasterize import RenderResult
+from gagavatar.engine import framing as fr
 
 
 @pytest.fixture()

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 FARM_RENDER = """
 import sys, bpy
@@ -40,11 +42,7 @@ def _run(args, env):
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory, assets_dir, astronaut):
-    spec_path = REPO / "tools" / "build_extension.py"
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("build_extension", spec_path)
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = load_script("tools/build_extension.py")
     root = tmp_path_factory.mktemp("farm")
     zip_path = build.build(root / "zip")
     photo = root / "astronaut.png"

@@ -7,7 +7,6 @@ $GAGAVATAR_ASSETS.
 The network renders take seconds each on a CPU: the module creates one avatar and renders six frames.
 """
 import importlib
-import importlib.util
 import os
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "bl_ext.user_default.gagavatar"
@@ -29,9 +30,7 @@ def ext(name):
 def installed(tmp_path_factory, assets_dir):
     import bpy
     import addon_utils  # importable once bpy is
-    spec = importlib.util.spec_from_file_location("build_extension", REPO / "tools" / "build_extension.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = load_script("tools/build_extension.py")
     zip_path = build.build(tmp_path_factory.mktemp("zip"))
     previous = os.environ.get("GAGAVATAR_ASSETS")
     os.environ["GAGAVATAR_ASSETS"] = str(assets_dir)
@@ -257,7 +256,7 @@ def test_animation_frames_differ_where_the_expression_differs(animation):
     assert cols.min() + 0.5 >= u.min() - margin and cols.max() + 0.5 <= u.max() + margin
     assert rows.min() + 0.5 >= v.min() - margin and rows.max() + 0.5 <= v.max() + margin
     # Outside the head's crop window nothing is drawn, in both frames.
-    window = ext("gagavatar_blender.frame_render").crop_window(v1, k)
+    window = ext("engine.framing").crop_window(v1, k)
     assert window.x0 > 0 and window.x0 + window.w < 320  # the window lies inside the frame horizontally
     outside = np.ones((192, 320), bool)
     outside[:, int(np.floor(window.x0)):int(np.ceil(window.x0 + window.w))] = False
@@ -682,7 +681,7 @@ def test_two_avatars_are_composited_by_depth(avatar, photo):
     distance = np.linalg.norm(np.array(camera.matrix_world)[:3, 3] - np.array(head_world)[:3, 3])
     offset = distance * (0.25 * forward + right / 24)
     second.matrix_world = Matrix.Translation(offset.tolist()) @ Matrix(head_world.tolist())
-    render_scene = ext("gagavatar_blender.render_engine").render_scene
+    render_scene = ext("gagavatar_blender.scene_render").render_scene
     camera_intrinsics = ext("gagavatar_blender.scene_views").camera_intrinsics
 
     def render(*hidden):
@@ -779,7 +778,7 @@ def test_a_rec2020_working_space_gets_converted_pixels(avatar):
     if not hasattr(bpy.data, "colorspace"):
         pytest.skip("Blender 4.x has no per-file working space (always linear Rec.709)")
     colour = ext("gagavatar_blender.colour")
-    render_scene = ext("gagavatar_blender.render_engine").render_scene
+    render_scene = ext("gagavatar_blender.scene_render").render_scene
     camera_intrinsics = ext("gagavatar_blender.scene_views").camera_intrinsics
     camera = bpy.data.objects["astronaut"].gagavatar.camera
 

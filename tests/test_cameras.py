@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gagavatar.engine import cameras
-from gagavatar.engine.generators import HarmonicEmbedding
+from gagavatar.engine.networks.generators import HarmonicEmbedding
 
 
 def test_official_camera_matrices(case, kit):

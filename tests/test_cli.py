@@ -270,10 +270,47 @@ def test_render_carries_the_driving_clips_sound(assets_env, tmp_path, capsys):
 
 
 def test_tracking_a_video_shows_one_labelled_bar_per_pass(capsys):
-    progress = cli._passes_progress("track", ("reading faces", "fitting FLAME"))
+    progress = cli.passes_progress("track", ("reading faces", "fitting FLAME"))
     for done in range(1, 541):  # 270 frames read, then 270 fitted, reported as one count of 540
         progress(done, 540)
     progress.close()
     err = capsys.readouterr().err
     assert "track: reading faces: 100%" in err and "270/270" in err and "track: fitting FLAME: 100%" in err
     assert "/540" not in err
+
+
+def test_export_writes_the_avatars_flame_head_as_a_mesh(assets_env, flame_asset, tmp_path, capsys):
+    import torch
+    import trimesh
+
+    from gagavatar.engine.avatar import GAUSSIAN_KEYS
+    from gagavatar.engine.flame import load_flame
+    from gagavatar.engine.sequence import DrivingSequence, save_sequence
+    g = torch.Generator().manual_seed(0)
+    shape = torch.randn(1, 300, generator=g)
+    Avatar({k: torch.rand(1, 4, w, generator=g) for k, w in GAUSSIAN_KEYS.items()}, shape=shape).save(tmp_path / "a.npz")
+    frames = 3
+    open_jaw = DrivingSequence(expression=torch.randn(frames, 100, generator=g), jaw=torch.tensor([[0.3, 0, 0]] * frames),
+                               eyes=torch.zeros(frames, 6), transform=torch.eye(3, 4).expand(frames, 3, 4))
+    save_sequence(open_jaw, tmp_path / "drive.npz")
+
+    assert run("export", tmp_path / "a.npz", "--mesh", tmp_path / "neutral.obj") == 0
+    assert "5023 vertices, metres, neutral expression" in capsys.readouterr().out
+    assert run("export", tmp_path / "a.npz", "--mesh", tmp_path / "talk.glb", "--drive", tmp_path / "drive.npz",
+               "--frame", 2) == 0
+    neutral = trimesh.load(tmp_path / "neutral.obj", process=False)
+    talk = trimesh.load(tmp_path / "talk.glb", process=False, force="mesh")
+    flame = load_flame(flame_asset)
+    expected = flame(shape=shape)[0].numpy() / flame.scale
+    assert neutral.vertices.shape == (5023, 3) and len(neutral.faces) == 9976
+    assert np.allclose(neutral.vertices, expected, atol=1e-5)          # metres, the avatar's identity
+    assert np.array_equal(neutral.faces, flame.faces.numpy())
+    assert talk.vertices.shape == (5023, 3) and np.abs(talk.vertices - neutral.vertices).max() > 1e-3
+
+    assert run("export", tmp_path / "a.npz", "--mesh", tmp_path / "head.fbx") == 2
+    assert run("export", tmp_path / "a.npz", "--mesh", tmp_path / "x.obj", "--drive", tmp_path / "drive.npz",
+               "--frame", 3) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: cannot write a mesh to head.fbx: use .obj, .glb, .ply, .stl",
+                   f"error: --frame 3 is outside {tmp_path / 'drive.npz'} (frames 0 to 2)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "drive.npz", "neutral.obj", "talk.glb"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gagavatar.engine.dino_base import DINOBase
+from gagavatar.engine.networks.dino_base import DINOBase
 
 PREFIX = "base_model."
 

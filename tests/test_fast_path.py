@@ -1,22 +1,22 @@
-"""Opt-in fast paths (engine/fastpath.py): bf16 neural renderer, compiled renderer, no host syncs,
+"""Opt-in fast paths (engine/splatting/fastpath.py): bf16 neural renderer, compiled renderer, no host syncs,
 host readback, and the benchmark's fidelity metrics. CUDA-only parts (CUDA graphs, pinned
 buffers, gsplat) cannot run here; their CPU-visible behaviour is tested."""
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from gagavatar.engine import fastpath, load_model
+from gagavatar.engine import load_model
 from gagavatar.engine import model as model_module
-from gagavatar.engine import style_unet
 from gagavatar.engine.avatar import GAUSSIAN_KEYS, Avatar
 from gagavatar.engine.cameras import transform_from_pose
 from gagavatar.engine.model import Frame, GAGAvatar
-from gagavatar.engine.rasterize import RenderResult
-from gagavatar.engine.style_unet import StyleUNet
+from gagavatar.engine.networks import style_unet
+from gagavatar.engine.networks.style_unet import StyleUNet
+from gagavatar.engine.splatting import fastpath
+from gagavatar.engine.splatting.rasterize import RenderResult
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,11 +27,7 @@ MIN_PSNR_DB = 45.0
 @pytest.fixture(scope="module")
 def bench():
     """bench/bench_engine.py as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_engine", REPO / "bench" / "bench_engine.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/bench_engine.py")  # in sys.modules: its dataclasses resolve annotations through it
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,8 @@
 """engine/flame.py: parity with the official FLAME on the kit case, the three file kinds,
 landmarks (static and dynamic contour), the rig exports, and load errors."""
-import contextlib
-import io
 import os
 import pickle
-import struct
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -15,6 +11,7 @@ import torch
 
 from gagavatar.engine.errors import AssetError, UnsafeFileError
 from gagavatar.engine.flame import FLAME, contour_rows, load_flame
+from tests.conftest import fake_chumpy, py2_dumps
 
 
 @pytest.fixture(scope="module")
@@ -44,52 +41,14 @@ def _np_model(asset):
     return {k: v.numpy() for k, v in asset["flame_model"].items()}
 
 
-class _Py2Pickler(pickle._Pickler):
-    """Writes ``bytes`` as Python 2 ``str`` opcodes, like FLAME's own (Python 2) pickles."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj):
-        n = len(obj)
-        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
-        self.write(head + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-@contextlib.contextmanager
-def _fake_chumpy():
-    """Stand-in chumpy modules, only to WRITE pickles; removed before anything is loaded."""
-    names = ("chumpy", "chumpy.ch", "chumpy.reordering", "chumpy.ch_ops")
-    assert not any(n in sys.modules for n in names)
-    mods = {n: types.ModuleType(n) for n in names}
-
-    def init(self, **terms):
-        self.__dict__.update(terms)
-        self._dirty_vars = set()
-
-    def cls(module, name):
-        c = type(name, (), {"__module__": module, "__init__": init})
-        setattr(mods[module], name, c)
-        return c
-
-    sys.modules.update(mods)
-    try:
-        yield cls
-    finally:
-        for n in names:
-            del sys.modules[n]
-
-
 def _write_chumpy_pkl(asset, path):
     """A generic_model.pkl look-alike: float64 arrays, uint32 faces, chumpy ``Ch`` shapedirs, a
     chumpy ``Select`` posedirs, a csc ``J_regressor`` under scipy's old module name, unused
     chumpy nodes; a Python 2 style pickle."""
     m = _np_model(asset)
     posedirs = m["posedirs"].astype(np.float64)
-    with _fake_chumpy() as cls:
-        Ch, Select, exp = cls("chumpy.ch", "Ch"), cls("chumpy.reordering", "Select"), cls("chumpy.ch_ops", "exp")
+    with fake_chumpy() as ch:
+        Ch, Select, exp = ch.Ch, ch.Select, ch.exp
         data = {
             "v_template": m["v_template"].astype(np.float64), "f": m["f"].astype(np.uint32),
             "shapedirs": Ch(x=m["shapedirs"].astype(np.float64)),
@@ -99,9 +58,8 @@ def _write_chumpy_pkl(asset, path):
             "kintree_table": m["kintree_table"].astype(np.uint32), "weights": m["weights"].astype(np.float64),
             "bs_style": "lbs", "bs_type": "lrotmin", "trans": Ch(x=np.zeros(3)), "unused": exp(x=Ch(x=np.zeros(3))),
         }
-        buf = io.BytesIO()
-        _Py2Pickler(buf, protocol=2).dump(data)
-    raw = buf.getvalue().replace(b"scipy.sparse._csc\n", b"scipy.sparse.csc\n")
+        raw = py2_dumps(data)
+    raw = raw.replace(b"scipy.sparse._csc\n", b"scipy.sparse.csc\n")
     assert b"scipy.sparse.csc\ncsc_matrix" in raw and b"chumpy.ch\nCh" in raw
     path.write_bytes(raw)
     return path
@@ -342,8 +300,8 @@ def test_load_errors(tmp_path, flame_asset, asset):
 
 def test_unsupported_chumpy_node_named(tmp_path, asset):
     model = _np_model(asset)
-    with _fake_chumpy() as cls:
-        model["weights"] = cls("chumpy.ch_ops", "sin")(x=model["weights"])
+    with fake_chumpy() as ch:
+        model["weights"] = ch.sin(x=model["weights"])
         (tmp_path / "node.pkl").write_bytes(pickle.dumps(model, protocol=2))
     with pytest.raises(AssetError, match="chumpy.ch_ops.sin"):
         load_flame(tmp_path / "node.pkl")

@@ -161,7 +161,7 @@ def test_avatar_file_round_trip(avatar, tmp_path, model, drive, frame):
     table = torch.from_numpy(body.reshape(180255, len(names)).copy())
     col = {n: table[:, i] for i, n in enumerate(names)}
     # what a viewer builds (unit quaternion, exp scales) is the official covariance
-    from gagavatar.engine.covariance import covariance_from_scale_rotation
+    from gagavatar.engine.splatting.covariance import covariance_from_scale_rotation
     q = torch.nn.functional.normalize(torch.stack([col[f"rot_{i}"] for i in range(4)], -1), dim=-1)
     s = torch.stack([col[f"scale_{i}"] for i in range(3)], -1).exp()
     cov = covariance_from_scale_rotation(s.double(), q.double())

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from gagavatar.engine import rasterizer_gsplat, rasterizer_torch
 from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_from_pose, transform_to_opencv
-from gagavatar.engine.covariance import covariance_from_scale_rotation
 from gagavatar.engine.errors import GAGAvatarError
-from gagavatar.engine.rasterize import render_gaussians
+from gagavatar.engine.splatting import gsplat_backend, torch_backend
+from gagavatar.engine.splatting.covariance import covariance_from_scale_rotation
+from gagavatar.engine.splatting.rasterize import render_gaussians
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_render_case_background(kit, render_case):
 def test_preprocess_matches_port(kit, render_case):
     i, o, s = render_case["inputs"], render_case["outputs"], render_case["settings"]
     cov = covariance_from_scale_rotation(i["scales"], i["quats"])
-    pre = rasterizer_torch.preprocess(i["means"], cov, i["viewmatrix"], i["projmatrix"], s["tanfovx"],
+    pre = torch_backend.preprocess(i["means"], cov, i["viewmatrix"], i["projmatrix"], s["tanfovx"],
                                       s["tanfovy"], 128, 128)
     v = pre["valid"]
     assert torch.equal(v, o["radii_128x128"] > 0)
@@ -115,7 +115,7 @@ def test_principal_point_and_non_square():
     # per-axis focal: a round Gaussian is 1.5x taller than wide (fy / fx) in pixels
     V, P, _ = build_camera_matrices(tr, (2.0, 3.0), center)
     cov = covariance_from_scale_rotation(torch.full((1, 3), 0.05), torch.tensor([[1.0, 0, 0, 0]]))
-    pre = rasterizer_torch.preprocess(g["xyz"][0], cov, V[0], P[0], 1 / 2.0, 1 / 3.0, H, W)
+    pre = torch_backend.preprocess(g["xyz"][0], cov, V[0], P[0], 1 / 2.0, 1 / 3.0, H, W)
     a, c = pre["cov2D"][0, 0] - 0.3, pre["cov2D"][0, 2] - 0.3
     fxp, fyp = 2.0 * W / 2, 3.0 * H / 2
     assert math.isclose(float(a), (fxp * 0.05 / 5.0) ** 2, rel_tol=1e-4)
@@ -159,8 +159,8 @@ def test_chunked_equals_unchunked(scene):
     cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
     args = (i["means"][None], cov, i["colors"][None], i["opacities"][None], i["viewmatrix"][None],
             i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 64, 64)
-    full = rasterizer_torch.rasterize(*args)
-    small = rasterizer_torch.rasterize(*args, max_pairs=500)
+    full = torch_backend.rasterize(*args)
+    small = torch_backend.rasterize(*args, max_pairs=500)
     for a, b in zip(full, small):
         assert torch.allclose(a, b, atol=1e-6)
 
@@ -171,7 +171,7 @@ def test_gsplat_camera_matches_projection(scene):
     i, s = scene["inputs"], scene["settings"]
     tr = torch.stack([i["cam_matrix"], look_at_transform((1.0, -0.5, 8.0))])
     H, W, focal, center = 96, 128, (12.0, 10.0), (0.1, -0.2)
-    viewmats, Ks = rasterizer_gsplat.gsplat_camera(tr, focal, (H, W), center)
+    viewmats, Ks = gsplat_backend.gsplat_camera(tr, focal, (H, W), center)
     assert viewmats.shape == (2, 1, 4, 4) and Ks.shape == (2, 1, 3, 3)
     vm, K = transform_to_opencv(tr, focal, (H, W), center)
     assert torch.equal(viewmats[:, 0], vm) and torch.equal(Ks[:, 0], K)
@@ -180,7 +180,7 @@ def test_gsplat_camera_matches_projection(scene):
     for b in range(2):
         radii, means2d, depths, conics, _ = _fully_fused_projection(
             i["means"][None], cov[None], viewmats[b:b + 1], Ks[b:b + 1], W, H, eps2d=0.3, near_plane=0.2)
-        pre = rasterizer_torch.preprocess(i["means"], cov, V[b], P[b], 1 / focal[0], 1 / focal[1], H, W)
+        pre = torch_backend.preprocess(i["means"], cov, V[b], P[b], 1 / focal[0], 1 / focal[1], H, W)
         both = pre["valid"] & (radii[0, 0] > 0).all(-1)
         assert both.sum() > 100
         assert torch.allclose(means2d[0, 0][both], pre["means2D"][both] + 0.5, atol=1e-3)
@@ -216,14 +216,14 @@ def test_dense_offcentre_scene_matches_port(kit):
     cov = covariance_from_scale_rotation(g["scales"][0], g["rotations"][0])
     ref, radii = kit.reference_rasterizer.render(g["xyz"][0], g["colors"][0], g["opacities"][0], V[0], P[0],
                                                  1 / focal[0], 1 / focal[1], H, W, cov3D_precomp=cov.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]])
-    mine = rasterizer_torch.rasterize(g["xyz"], cov[None], g["colors"], g["opacities"], V, P,
+    mine = torch_backend.rasterize(g["xyz"], cov[None], g["colors"], g["opacities"], V, P,
                                       1 / focal[0], 1 / focal[1], H, W, max_pairs=3000)
     assert torch.equal(mine[3][0], radii)
     kit.compare.check_stats(ref, mine[0][0], "render_case")
     assert (mine[1] > 0.99).float().mean() > 0.1     # many pixels saturate
 
 
-@pytest.mark.parametrize("max_pairs", [rasterizer_torch.MAX_PAIRS, 500])
+@pytest.mark.parametrize("max_pairs", [torch_backend.MAX_PAIRS, 500])
 def test_differentiable_path_equals_the_fast_path(scene, max_pairs):
     """Inputs that require grad take the out-of-place compositing (training): same image, alpha, depth."""
     i, s = scene["inputs"], scene["settings"]
@@ -231,9 +231,9 @@ def test_differentiable_path_equals_the_fast_path(scene, max_pairs):
     colors = i["colors"][None].clone()
     args = lambda c: (i["means"][None], cov, c, i["opacities"][None], i["viewmatrix"][None],  # noqa: E731
                       i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 64, 64)
-    fast = rasterizer_torch.rasterize(*args(colors), max_pairs=max_pairs)
+    fast = torch_backend.rasterize(*args(colors), max_pairs=max_pairs)
     leaf = colors.requires_grad_()
-    slow = rasterizer_torch.rasterize(*args(leaf), max_pairs=max_pairs)
+    slow = torch_backend.rasterize(*args(leaf), max_pairs=max_pairs)
     assert slow[0].requires_grad
     for a, b in zip(fast[:3], slow[:3]):
         assert torch.allclose(a, b.detach(), atol=1e-6)

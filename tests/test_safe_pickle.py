@@ -1,12 +1,9 @@
 """engine/safe_pickle.py: plain data loads (numpy 1/2, Python 2 pickles, scipy sparse, chumpy
 without chumpy), everything else is refused before it runs."""
-import contextlib
 import io
 import os
 import pickle
-import struct
 import sys
-import types
 from collections import OrderedDict
 
 import numpy as np
@@ -15,51 +12,7 @@ import scipy.sparse
 
 from gagavatar.engine.errors import AssetError, UnsafeFileError
 from gagavatar.engine.safe_pickle import PickledObject, load_npy, load_npz, safe_load
-
-
-class Py2Pickler(pickle._Pickler):
-    """Writes ``bytes`` as Python 2 ``str`` opcodes (BINSTRING), like FLAME's Python 2 pickles."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj):
-        n = len(obj)
-        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
-        self.write(head + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def py2_dumps(obj) -> bytes:
-    buf = io.BytesIO()
-    Py2Pickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
-
-
-@contextlib.contextmanager
-def fake_chumpy():
-    """Stand-in ``chumpy`` modules for WRITING pickles; removed again before anything is loaded."""
-    names = ("chumpy", "chumpy.ch", "chumpy.ch_ops", "chumpy.reordering")
-    assert not any(n in sys.modules for n in names)
-    mods = {n: types.ModuleType(n) for n in names}
-
-    def init(self, **terms):
-        self.__dict__.update(terms)
-        self._dirty_vars = set()
-
-    classes = {}
-    for module, name in (("chumpy.ch", "Ch"), ("chumpy.reordering", "Select"), ("chumpy.reordering", "transpose"),
-                         ("chumpy.ch_ops", "add"), ("chumpy.ch_ops", "sin")):
-        cls = type(name, (), {"__module__": module, "__init__": init})
-        setattr(mods[module], name, cls)
-        classes[name] = cls
-    sys.modules.update(mods)
-    try:
-        yield types.SimpleNamespace(**classes)
-    finally:
-        for n in names:
-            del sys.modules[n]
+from tests.conftest import fake_chumpy, py2_dumps
 
 
 def _roundtrip(obj, protocol):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gagavatar.engine.style_unet import StyleUNet
+from gagavatar.engine.networks.style_unet import StyleUNet
 
 PREFIX = "upsampler."
 LEVELS = range(7)

@@ -1,18 +1,16 @@
 """tools/summarize_results.py: the totals line of `bash tools/test.sh` and its exit status (a part
 that could not run is never counted as passed, and fails the run under CI=true)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("summarize_results", REPO / "tools" / "summarize_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/summarize_results.py")
 
 
 def _junit(path: Path, tests: int, failures: int = 0, errors: int = 0, skipped: int = 0) -> None:

@@ -18,8 +18,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from gagavatar.engine.cameras import FOCAL, transform_from_pose, transform_to_opencv
 from gagavatar.engine.errors import GAGAvatarError
 from gagavatar.engine.flame import load_flame
-from gagavatar.engine.rasterize import render_gaussians
 from gagavatar.engine.sequence import DrivingSequence, save_sequence
+from gagavatar.engine.splatting.rasterize import render_gaussians
 from gagavatar.engine.training import cli, metrics
 from gagavatar.engine.training.config import Config, config_from_dict, load_config, to_toml
 from gagavatar.engine.training.datasets import (PairDataset, TrainPairSampler, evaluation_pairs, open_dataset)

@@ -13,9 +13,9 @@ Modules:
 * :mod:`.tiny`: a small model with the same interface for CPU runs and tests;
 * :mod:`.cli`: ``python -m gagavatar.engine.training train|evaluate|build-dataset|train-config``.
 """
-from importlib import import_module
+from .._lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(globals(), {
     "Config": ".config", "load_config": ".config",
     "open_dataset": ".datasets", "PairDataset": ".datasets", "TrainPairSampler": ".datasets",
     "evaluation_pairs": ".datasets",
@@ -28,14 +28,4 @@ _EXPORTS = {
     "evaluate_reenactment": ".evaluate", "format_table": ".evaluate", "Hooks": ".evaluate",
     "TinyGAGAvatar": ".tiny",
     "add_subcommands": ".cli",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

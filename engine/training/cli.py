@@ -13,24 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import tomllib
 from pathlib import Path
 
+from ..console import Parser, progress_bar, run_command
 from ..errors import GAGAvatarError
-
-
-def _bar(desc: str, unit: str):
-    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (``.close()`` to finish)."""
-    from tqdm import tqdm
-    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-    update.close = bar.close
-    return update
 
 
 def _override(values: dict, assignment: str) -> None:
@@ -56,7 +43,7 @@ def cmd_train(args) -> int:
             _override(values, a)
         cfg = config_from_dict(values, Path.cwd(), "--set")
     trainer = prepare_run(cfg, resume=args.resume)
-    progress = _bar("train", "it")
+    progress = progress_bar("train", unit="it")
     try:
         trainer.fit(progress)
     finally:
@@ -97,7 +84,7 @@ def cmd_evaluate(args) -> int:
     hooks = _hooks(args.hooks)
     results = {}
     for mode in (("self", "cross") if args.mode == "both" else (args.mode,)):
-        progress = _bar(f"{mode}-reenactment", "frame")
+        progress = progress_bar(f"{mode}-reenactment", unit="frame")
         try:
             results[mode] = evaluate_reenactment(model, data, flame, args.split, cross=mode == "cross", lpips=lpips,
                                                  hooks=hooks, batch_size=args.batch_size, max_frames=args.max_frames,
@@ -115,7 +102,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_build_dataset(args) -> int:
     from .build import build_dataset
-    progress = _bar("build", "video")
+    progress = progress_bar("build", unit="video")
     try:
         root = build_dataset(args.videos, args.output, frames_per_video=args.frames, val_videos=args.val,
                              test_videos=args.test, assets=args.assets, progress=progress)
@@ -174,8 +161,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gagavatar.engine.training",
+    parser = Parser(prog="python -m gagavatar.engine.training",
                                      description="GAGAvatar training, evaluation and datasets")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
-    from ..cli import run_command
     return run_command(parser.parse_args(argv))

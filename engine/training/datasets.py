@@ -28,7 +28,6 @@ or the next video's first frame (cross-reenactment, as the official ``cross_id``
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import re
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 
 from ..errors import GAGAvatarError
 from ..model import resize_for_dino
+from ..safe_load import load_torch
 from ..safe_pickle import safe_load
 from ..sequence import load_sequence
 
@@ -82,8 +82,8 @@ def _decode(payload: bytes, key: str) -> np.ndarray:
     if img is not None:
         return np.ascontiguousarray(img[..., ::-1])
     try:
-        t = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means an unreadable entry
+        t = load_torch(payload, "rebuild the dataset", "tensor")
+    except GAGAvatarError as err:
         raise GAGAvatarError(f"image {key} in the dataset is neither an image file nor a tensor: "
                              f"rebuild the dataset") from err
     if not torch.is_tensor(t) or t.dim() != 3 or t.shape[0] != 3:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..avatar import N_EXPRESSION
 from ..cameras import IMAGE_SIZE
-from ..rasterize import render_gaussians
+from ..splatting.rasterize import render_gaussians
 
 GAUSSIAN_KEYS = ("xyz", "colors", "opacities", "scales", "rotations")
 

@@ -24,7 +24,6 @@ accepts the official checkpoint, VGG-Face's ``vgg_face_dag.pth`` and torchvision
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +32,8 @@ import torch
 from torch import nn
 
 from ..checkpoints import PERCEPTUAL_PREFIX
-from ..errors import AssetError, UnsafeFileError
+from ..errors import AssetError
+from ..safe_load import load_torch
 
 ALEX_CHANNELS = (64, 192, 384, 256, 256)
 LEVEL_WEIGHTS = (0.1, 0.1, 1.0, 1.0, 1.0)
@@ -194,13 +194,7 @@ def read_weights(path: str | os.PathLike, remedy: str) -> Mapping[str, torch.Ten
     path = Path(path)
     if not path.is_file():
         raise AssetError(f"weights file {path} not found: {remedy}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        raise UnsafeFileError(f"{path} contains pickled code, not just weights; it was refused and nothing in it "
-                              f"was run: {remedy}") from err
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise AssetError(f"{path} is not a readable torch weights file ({type(err).__name__}): {remedy}") from err
+    obj = load_torch(path, remedy, "torch weights file", mmap=zipfile.is_zipfile(path))
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

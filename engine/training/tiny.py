@@ -1,8 +1,8 @@
 """TinyGAGAvatar: a small GAGAvatar for CPU smoke runs and the test suite.
 
 Same assembly as :class:`~..model.GAGAvatar` (it reuses its ``gaussians_from_image`` and
-``neural_renderer`` code, the real :class:`~..generators.HarmonicEmbedding`,
-:class:`~..generators.LinearGSGenerator` and :class:`~..generators.ConvGSGenerator`, 5,023
+``neural_renderer`` code, the real :class:`~..networks.generators.HarmonicEmbedding`,
+:class:`~..networks.generators.LinearGSGenerator` and :class:`~..networks.generators.ConvGSGenerator`, 5,023
 expression Gaussians bound to the FLAME vertices and dual lifting from a plane), with two stand-ins
 small enough to train for a few dozen steps on a laptop CPU:
 
@@ -21,8 +21,8 @@ from torch import nn
 
 from ..avatar import N_EXPRESSION
 from ..cameras import FOCAL
-from ..generators import N_FEATURES, ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
 from ..model import GAGAvatar
+from ..networks.generators import N_FEATURES, ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
 
 
 class TinyEncoder(nn.Module):

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..checkpoints import atomic_save, read_checkpoint, save_model, save_official, split_perceptual
 from ..errors import AssetError, Cancelled, GAGAvatarError
+from ..safe_load import load_torch
 from .config import Config, config_from_dict, official_meta_cfg, to_toml
 from .datasets import PairDataset, TrainPairSampler, TrackedFrames, evaluation_pairs, open_dataset
 from .forward import reenact, render_size
@@ -318,11 +319,7 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise GAGAvatarError(f"no training state at {path}: start the run without --resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means an unusable file
-        raise AssetError(f"{path} is not a readable training state ({type(err).__name__}): resume from another "
-                         f"checkpoint or restart") from err
+    state = load_torch(path, "resume from another checkpoint or restart", "training state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise AssetError(f"{path} is not a gagavatar training state: pass OUT/checkpoints/state.pt")
     if state.get("version") != STATE_VERSION:
@@ -353,8 +350,8 @@ def load_trained_model(path: str | os.PathLike, device: str | torch.device = "cp
 def _is_state(path: Path) -> bool:
     """Whether ``path`` is a torch archive holding a training state (``format`` entry), read lazily."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not a (zip) torch file: let the checkpoint loader explain
+        obj = load_torch(path, "", mmap=True)
+    except GAGAvatarError:  # not a (safe) torch file: let the checkpoint loader explain
         return False
     return isinstance(obj, dict) and obj.get("format") == STATE_FORMAT
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cameras import transform_to_opencv
-from .errors import GAGAvatarError
+from ..cameras import transform_to_opencv
+from ..errors import GAGAvatarError
 
 NEAR = 0.2
 EPS2D = 0.3

@@ -1,6 +1,9 @@
 """Render avatars into a frame of any camera: head-centred 512^2 crops, resampled and composited by depth.
 
-No bpy here (numpy and torch only), so the maths is shared by the final render and the viewport.
+The network renders a 512^2 crop around the head only; this module places such crops into any
+pinhole frame (any intrinsics, resolution and aspect) and composites several avatars by depth.
+No bpy here (numpy and torch only): the Blender render engine and viewport, the command line
+(``gagavatar render --camera``) and scripts (:func:`render_opencv`) share it.
 
 Conventions:
 
@@ -8,12 +11,13 @@ Conventions:
   ``fx, fy, cx, cy`` project a point of the OpenCV camera (x right, y down, z forward) to
   ``u = fx x / z + cx``, ``v = fy y / z + cy``. :func:`intrinsics_from_projection` reads them from
   Blender's projection matrix (camera: ``calc_matrix_camera``, viewport: ``window_matrix``),
-  which already holds the lens, sensor fit, shift and pixel aspect.
+  which already holds the lens, sensor fit, shift and pixel aspect; :func:`opencv_intrinsics`
+  from an OpenCV ``K``.
 * A :class:`AvatarView` is one avatar seen by the frame's camera, in *head space*: FLAME x5 units,
   +Y up, the face toward +Z, the global head pose removed (it is in the camera).
-* The network renders 512^2 crops only. The crop window is the square (in the camera's
-  physical units) around the avatar's *anchor* whose half side, at the anchor's depth, is the
-  avatar's ``radius``; the source camera's crop is the whole source frame, so rendering through
+* The crop window is the square (in the camera's physical units) around the avatar's *anchor*
+  whose half side, at the anchor's depth, is the avatar's ``radius`` (:func:`crop_anchor`: from
+  the source camera); the source camera's crop is the whole source frame, so rendering through
   the avatar's own camera at 512^2 reproduces the network's output pixel for pixel.
 """
 from __future__ import annotations
@@ -120,6 +124,49 @@ def intrinsics_from_projection(projection, width: int, height: int) -> Intrinsic
                       width=int(width), height=int(height))
 
 
+def opencv_intrinsics(K, width: int, height: int) -> Intrinsics:
+    """:class:`Intrinsics` of an OpenCV camera matrix ``K [3, 3]`` (pixels) for a ``width x height`` frame."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"K must be a 3x3 camera matrix with positive focal lengths, got {K.tolist()}")
+    if int(width) < 1 or int(height) < 1:
+        raise ValueError(f"the frame must be at least 1x1 pixels, got {width}x{height}")
+    return Intrinsics(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
+                      width=int(width), height=int(height))
+
+
+def opencv_camera(R, t) -> np.ndarray:
+    """The ``[4, 4]`` camera-to-head matrix (:attr:`AvatarView.camera`: Blender camera axes) of an
+    OpenCV head-to-camera pose ``x_cam = R x_head + t`` (``R [3, 3]`` rotation, ``t [3]`` head units)."""
+    R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64).reshape(-1)
+    if R.shape != (3, 3) or t.shape != (3,) or not np.allclose(R @ R.T, np.eye(3), atol=1e-5) \
+            or np.linalg.det(R) < 0:
+        raise ValueError("R must be a 3x3 rotation matrix and t 3 numbers")
+    camera = np.eye(4)
+    camera[:3, :3] = R.T @ np.diag([1.0, -1.0, -1.0])    # OpenCV axes -> Blender camera axes
+    camera[:3, 3] = -R.T @ t
+    return camera
+
+
+def crop_anchor(transform) -> tuple[np.ndarray, float]:
+    """``(anchor [3], radius)`` of a source camera ``[3, 4]`` (the tracker's ``[R | T]``): the point
+    of its optical axis level with the head origin, and the half side its 512^2 image spans there
+    (distance / focal 12), head units."""
+    from .cameras import FOCAL
+    transform = np.asarray(transform, dtype=np.float64)
+    R, T = transform[:, :3], transform[:, 3]
+    center = -R @ T
+    direction = R[:, 2]
+    distance = float(-center @ direction)
+    return center + distance * direction, distance / FOCAL
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """The sRGB encoding curve (IEC 61966-2-1) of linear values in [0, 1] (clipped), float32."""
+    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
 def srgb_to_linear(x):
     """The sRGB decoding curve (IEC 61966-2-1), for arrays or tensors (negative values clamp to 0)."""
     if hasattr(x, "clamp"):
@@ -173,7 +220,7 @@ def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callab
         frame's work).
     """
     import torch
-    from ..engine.cameras import blender_to_transform
+    from .cameras import blender_to_transform
     window = crop_window(view, k)
     bounds = window.pixel_bounds(k) if window is not None else None
     if bounds is None:
@@ -236,3 +283,80 @@ def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Option
     if progress is not None:
         progress(len(views), len(views))
     return composite(layers, k)
+
+
+@dataclass(frozen=True)
+class OpenCVCamera:
+    """A pinhole camera in OpenCV's conventions, posed in the avatar's head space.
+
+    Attributes:
+        K: ``[3, 3]`` camera matrix, pixels (top-down rows).
+        R, t: head-to-camera pose ``x_cam = R x_head + t``; ``R [3, 3]``, ``t [3]`` head units
+            (GAGAvatar's world: FLAME x5, 1 unit = 0.2 m; +Y up, the face toward +Z).
+        width, height: the frame, pixels.
+    """
+
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+    width: int
+    height: int
+
+
+CAMERA_FORMAT = ('{"K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], "R": [[3 x 3]], "t": [x, y, z], '
+                 '"width": W, "height": H}')
+"""The JSON layout :func:`read_camera` reads."""
+
+
+def read_camera(path) -> OpenCVCamera:
+    """An :class:`OpenCVCamera` from a JSON file laid out as :data:`CAMERA_FORMAT`.
+
+    Raises:
+        GAGAvatarError: a one-line message naming what is missing or wrong.
+    """
+    import json
+    from pathlib import Path
+
+    from .errors import GAGAvatarError
+    path = Path(path)
+    remedy = f"write it as {CAMERA_FORMAT} (OpenCV conventions, head units)"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GAGAvatarError(f"camera file {path} not found: check the path") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GAGAvatarError(f"{path} is not a readable JSON camera ({err}): {remedy}") from None
+    missing = [k for k in ("K", "R", "t", "width", "height") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise GAGAvatarError(f"{path} lacks {', '.join(missing)}: {remedy}")
+    try:
+        k = opencv_intrinsics(data["K"], data["width"], data["height"])
+        opencv_camera(data["R"], data["t"])
+        whole = float(data["width"]) == k.width and float(data["height"]) == k.height
+    except (ValueError, TypeError) as err:
+        raise GAGAvatarError(f"{path}: {err}: {remedy}") from None
+    if not whole:
+        raise GAGAvatarError(f"{path}: width and height must be whole numbers of pixels: {remedy}")
+    return OpenCVCamera(np.asarray(data["K"], dtype=np.float64), np.asarray(data["R"], dtype=np.float64),
+                        np.asarray(data["t"], dtype=np.float64).reshape(3), k.width, k.height)
+
+
+def render_opencv(model, avatar, vertices, K, R, t, width: int, height: int, precision: str = "fp32") -> Layers:
+    """Render one avatar through an OpenCV camera, at any resolution and intrinsics.
+
+    Args:
+        model: the ``GAGAvatar`` network.
+        avatar: its ``Avatar`` (the crop is centred as its source camera's, :func:`crop_anchor`).
+        vertices: ``[5023, 3]`` FLAME vertices in head space (world units, FLAME x5).
+        K: ``[3, 3]`` camera matrix, pixels. R, t: head-to-camera pose, ``x_cam = R x_head + t``.
+        width, height: the frame, pixels.
+    Returns:
+        :class:`Layers`: premultiplied linear RGBA, coarse RGB and depth (head units). Over black,
+        ``linear_to_srgb(combined[..., :3])`` is the displayable image.
+    """
+    if avatar.source_transform is None:
+        raise ValueError("the avatar has no source camera to centre its crop on: reconstruct it again")
+    anchor, radius = crop_anchor(avatar.source_transform[0].detach().cpu().numpy())
+    view = AvatarView(load=lambda: avatar, vertices=np.asarray(vertices, dtype=np.float32), camera=opencv_camera(R, t),
+                      units=1.0, anchor=anchor, radius=radius)
+    return render_frame(model, [view], opencv_intrinsics(K, width, height), precision=precision)

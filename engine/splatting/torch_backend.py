@@ -477,7 +477,7 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
         colors: ``[B, N, C]`` features, used raw.
         opacities: ``[B, N]`` or ``[B, N, 1]`` in 0..1.
         viewmatrix, projmatrix: ``[B, 4, 4]`` official matrices (see
-            :func:`~.cameras.build_camera_matrices`).
+            :func:`~..cameras.build_camera_matrices`).
         tanfovx, tanfovy: ``1 / fx``, ``1 / fy`` (normalised focal).
         height, width: image size in pixels.
         background: ``[B, C]`` or ``None`` (zeros).

@@ -4,7 +4,7 @@ None of them is on by default; with the defaults the engine computes exactly wha
 code computes (fp32, eager).
 
 * :data:`PRECISIONS` / :func:`autocast`: the StyleUNet's convolutions under bf16 autocast.
-  :class:`~.style_unet.StyleUNet` keeps modulation, demodulation and the style MLP in float32
+  :class:`~..networks.style_unet.StyleUNet` keeps modulation, demodulation and the style MLP in float32
   whatever the autocast state (fp16/bf16 StyleGAN decoders otherwise collapse to a flat colour).
 * :func:`compile_per_frame`: ``torch.compile`` with CUDA graphs on CUDA.
 * :class:`PinnedReadback`: device -> host copies through reusable page-locked buffers.

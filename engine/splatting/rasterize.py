@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import rasterizer_gsplat, rasterizer_torch
-from .cameras import FOCAL, _pair, build_camera_matrices
+from ..cameras import FOCAL, _pair, build_camera_matrices
+from ..shapes import batch_size, batched, common_batch
+from . import gsplat_backend, torch_backend
 from .covariance import covariance_from_scale_rotation
-from .shapes import batch_size, batched, common_batch
 
 
 @dataclass
@@ -88,7 +88,7 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
     if backend == "auto":
         backend = "gsplat" if _gsplat_available(xyz.device) else "torch"
     if backend == "gsplat":
-        out = rasterizer_gsplat.rasterize(xyz, covars, colors, g["opacities"], tr, focal, size,
+        out = gsplat_backend.rasterize(xyz, covars, colors, g["opacities"], tr, focal, size,
                                           center, background)
     elif backend == "torch":
         fx, fy = _pair(focal)
@@ -99,7 +99,7 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
             # rasterize on the CPU (autograd follows the copies) and bring the result back.
             args = tuple(t.cpu() for t in args)
             background = None if background is None else background.cpu()
-        out = rasterizer_torch.rasterize(*args, rasterizer_torch.tan_half_fov(fx), rasterizer_torch.tan_half_fov(fy),
+        out = torch_backend.rasterize(*args, torch_backend.tan_half_fov(fx), torch_backend.tan_half_fov(fy),
                                          size[0], size[1], background)
         out = tuple(t.to(xyz.device) for t in out)
     else:

@@ -1,0 +1,32 @@
+"""Render every visible avatar of a depsgraph through one camera: the final render and the Rendered viewport.
+
+Shared by :mod:`.render_engine` (F12 and animation renders) and :mod:`.viewport` (the neural
+Rendered view), which import it and not each other. The layers are in the file's working colour
+space (:mod:`.colour`).
+"""
+from __future__ import annotations
+
+from ..engine import framing
+from . import colour, networks, preferences, scene_views
+
+
+def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None):
+    """Render every visible avatar through a camera; the layers, or None if cancelled.
+
+    Raises:
+        GAGAvatarError: missing assets, an unavailable device, a broken avatar.
+    """
+    prefs = preferences.get()
+    device = networks.resolve_device(prefs.device)
+    views = scene_views.avatar_views(depsgraph, camera_world, device)
+    if not views:
+        return framing.Layers.empty(intrinsics.width, intrinsics.height)
+    model_path, _ = networks.asset_paths(prefs)
+    model = networks.load_model(model_path, device)
+    precision = depsgraph.scene.gagavatar_render.precision.lower()
+    layers = framing.render_frame(model, views, intrinsics, progress, cancel, precision)
+    matrix, _ = colour.file_conversion()
+    if layers is not None and matrix is not None:  # linear Rec.709 -> the file's working space
+        layers.combined[..., :3] = colour.to_working_space(layers.combined[..., :3], matrix)
+        layers.coarse = colour.to_working_space(layers.coarse, matrix)
+    return layers
