@@ -411,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=_positive(int), help="render at most N frames")
     d.add_argument("--fps", type=_positive(float), help="frame rate (default: the sequence's)")
     d.add_argument("--batch", type=_positive(int), default=1, help="frames per forward pass")
-    d.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="neural renderer precision (bf16: faster on GPUs, >= 45 dB from fp32)")
+    d.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="neural renderer precision: fp32 (exact, the default), bf16 (>= 45 dB from fp32; faster "
+                        "on GPUs since Ampere and on CPUs with AMX or AVX-512 BF16), auto (bf16 where faster)")
     d.add_argument("--overwrite", action="store_true", help="replace the frames of an earlier render in the folder")
     d.add_argument("--no-audio", action="store_true",
                    help="leave out the sound of the video the driving sequence was tracked from")

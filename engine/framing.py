@@ -211,7 +211,7 @@ CANCELLED = "cancelled"
 
 def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callable[[], bool]] = None,
                  precision: str = "fp32"):
-    """Render one avatar into frame space (``precision``: the neural renderer's, ``fp32`` or ``bf16``).
+    """Render one avatar into frame space (``precision``: the neural renderer's, ``fp32``, ``bf16`` or ``auto``).
 
     Returns:
         ``(bounds, planes [8, h, w])`` with planes = linear premultiplied RGB (3), alpha,

@@ -26,7 +26,7 @@ from .networks.dino_base import DINOBase
 from .networks.generators import ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
 from .networks.style_unet import StyleUNet
 from .shapes import broadcast
-from .splatting.fastpath import PinnedReadback, autocast, check_precision, compile_per_frame
+from .splatting.fastpath import PinnedReadback, autocast, compile_per_frame, resolve_precision
 from .splatting.rasterize import render_gaussians
 
 DINO_SIZE = 518
@@ -175,12 +175,13 @@ class GAGAvatar(nn.Module):
         fresh noise per frame (``randomize_noise=True``), which flickers in video.
 
         Args:
-            precision: ``"fp32"`` (official) or ``"bf16"``: the convolutions run under bf16
-                autocast, modulation, demodulation and the style MLP stay float32.
+            precision: ``"fp32"`` (official), ``"bf16"`` (the convolutions run under bf16
+                autocast, modulation, demodulation and the style MLP stay float32) or ``"auto"``
+                (bf16 where the device computes it natively: :func:`~.splatting.fastpath.resolve_precision`).
             compiled: run through :func:`~.splatting.fastpath.compile_per_frame` (CUDA graphs on CUDA); the
                 first call per input shape and device type compiles.
         """
-        check_precision(precision)
+        precision = resolve_precision(precision, coarse.device)
         if not compiled:
             return self._neural_renderer(coarse, randomize_noise, precision)
         kind = coarse.device.type

@@ -35,10 +35,12 @@ class GAGAVATAR_PG_render(bpy.types.PropertyGroup):
     """``Scene.gagavatar_render``: render settings saved with the scene (every farm node renders alike)."""
 
     precision: bpy.props.EnumProperty(
-        name="Precision", default="FP32",
-        items=(("FP32", "Full (fp32)", "The official computation"),
-               ("BF16", "Fast (bf16)", "Neural renderer convolutions in bfloat16 (modulation in fp32): "
-                                       "about 2x faster on recent GPUs and AMX CPUs, within ~50 dB of fp32")),
+        name="Precision", default="AUTO",
+        items=(("AUTO", "Auto", "Final renders in fp32 (exact); the viewport in bf16 where the hardware computes it "
+                                "natively (GPUs since Ampere, CPUs with AMX or AVX-512 BF16), else fp32"),
+               ("FP32", "Full (fp32)", "The official computation, also in the viewport"),
+               ("BF16", "Fast (bf16)", "Neural renderer convolutions in bfloat16 (modulation in fp32), final renders "
+                                       "too: about 2x faster on recent GPUs and AMX CPUs, within ~50 dB of fp32")),
         description="Precision of the neural renderer")
 
 

@@ -10,8 +10,11 @@ from ..engine import framing
 from . import colour, networks, preferences, scene_views
 
 
-def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None):
+def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None, final: bool = True):
     """Render every visible avatar through a camera; the layers, or None if cancelled.
+
+    ``final``: a final render (F12, animation, farm), where the *Auto* precision is fp32 (exact);
+    the viewport passes False, where *Auto* is bf16 on hardware that computes it natively.
 
     Raises:
         GAGAvatarError: missing assets, an unavailable device, a broken avatar.
@@ -23,7 +26,10 @@ def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None
         return framing.Layers.empty(intrinsics.width, intrinsics.height)
     model_path, _ = networks.asset_paths(prefs)
     model = networks.load_model(model_path, device)
+    from ..engine.splatting.fastpath import AUTO  # torch: imported when rendering, not at register
     precision = depsgraph.scene.gagavatar_render.precision.lower()
+    if precision == AUTO and final:
+        precision = "fp32"
     layers = framing.render_frame(model, views, intrinsics, progress, cancel, precision)
     matrix, _ = colour.file_conversion()
     if layers is not None and matrix is not None:  # linear Rec.709 -> the file's working space

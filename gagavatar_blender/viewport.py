@@ -73,7 +73,7 @@ class Viewport:
         key = (tuple(map(tuple, view.view_matrix)), tuple(map(tuple, view.window_matrix)), width, height)
         if self.dirty or key != self.key or self.texture is None:
             intrinsics = intrinsics_from_projection(view.window_matrix, width, height)
-            layers = scene_render.render_scene(depsgraph, view.view_matrix.inverted(), intrinsics)
+            layers = scene_render.render_scene(depsgraph, view.view_matrix.inverted(), intrinsics, final=False)
             pixels = np.ascontiguousarray(layers.combined[::-1], dtype=np.float32).ravel()
             buffer = gpu.types.Buffer("FLOAT", pixels.size, pixels)
             self.texture = gpu.types.GPUTexture((width, height), format="RGBA16F", data=buffer)

@@ -2,8 +2,9 @@
 
 1. ``tools/blender_farm_example.py`` (installs the built zip, saves the preferences, creates an avatar
    from a photo, keys it, saves the .blend and renders the animation) with the bpy module;
-2. a second process that starts like Blender does (user preferences loaded), opens only the saved
-   .blend and renders it again (what ``blender -b avatar.blend -a`` does on a node): same pixels.
+2. two more processes that start like Blender does (user preferences loaded), open only the saved
+   .blend and render frames 1-2 and 3-4 of it (what ``blender -b avatar.blend -s 1 -e 2 -a`` does on
+   two farm nodes): the same pixels as the one process that rendered frames 1-4.
 
 Assets come from ``$GAGAVATAR_ASSETS`` in both processes, as on a farm node.
 """
@@ -29,7 +30,9 @@ else:  # the bpy 4.2 module crashes in read_userpref (even with no add-on): enab
 assert any(name.endswith('.gagavatar') for name in bpy.context.preferences.addons.keys()), 'extension not enabled'
 bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
 assert bpy.context.scene.render.engine == 'GAGAVATAR'
-bpy.context.scene.render.filepath = sys.argv[2]
+scene = bpy.context.scene
+scene.render.filepath = sys.argv[2]
+scene.frame_start, scene.frame_end = int(sys.argv[3]), int(sys.argv[4])
 bpy.ops.render.render(animation=True)
 """
 
@@ -49,7 +52,7 @@ def farm(tmp_path_factory, assets_dir, astronaut):
     Image.fromarray(astronaut).save(photo)
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(root / "node_user"), GAGAVATAR_ASSETS=str(assets_dir))
     out = _run([str(REPO / "tools" / "blender_farm_example.py"), str(photo), str(root / "out"),
-                "--install", str(zip_path), "--resolution", "64", "--frames", "2"], env)
+                "--install", str(zip_path), "--resolution", "64", "--frames", "4"], env)
     return {"root": root, "env": env, "stdout": out}
 
 
@@ -60,16 +63,21 @@ def _pixels(path):
 def test_the_scripting_example_runs_in_background_mode(farm):
     out = farm["root"] / "out"
     assert "created 'astronaut'" in farm["stdout"]
-    assert sorted(p.name for p in out.iterdir()) == ["avatar.blend", "frame_0001.png", "frame_0002.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["avatar.blend", *(f"frame_000{f}.png" for f in range(1, 5))]
     one, two = _pixels(out / "frame_0001.png"), _pixels(out / "frame_0002.png")
     assert one.shape == (64, 64, 4)  # film transparent: RGBA
     assert one[..., 3].max() > 200  # the head is drawn (the synthetic weights cover the whole crop)
     assert np.abs(one - two).max() >= 1  # Exp001 and the jaw are keyed differently at frames 1 and 2
 
 
-def test_a_fresh_node_renders_the_saved_blend_identically(farm):
-    """Everything is inside the .blend; the node only needs the enabled extension and $GAGAVATAR_ASSETS."""
+def test_two_fresh_nodes_render_their_frames_of_the_saved_blend_identically(farm):
+    """Everything is inside the .blend; a node only needs the enabled extension and $GAGAVATAR_ASSETS.
+    Two nodes splitting the frames give what one process rendering them all gave."""
     root = farm["root"]
-    _run(["-c", FARM_RENDER, str(root / "out" / "avatar.blend"), str(root / "node" / "frame_")], farm["env"])
-    for f in (1, 2):
-        assert np.array_equal(_pixels(root / "node" / f"frame_000{f}.png"), _pixels(root / "out" / f"frame_000{f}.png"))
+    for node, (first, last) in enumerate(((1, 2), (3, 4))):
+        _run(["-c", FARM_RENDER, str(root / "out" / "avatar.blend"), str(root / f"node{node}" / "frame_"),
+              str(first), str(last)], farm["env"])
+    assert sorted(p.name for p in (root / "node1").iterdir()) == ["frame_0003.png", "frame_0004.png"]
+    for f in range(1, 5):
+        node = root / ("node0" if f <= 2 else "node1")
+        assert np.array_equal(_pixels(node / f"frame_000{f}.png"), _pixels(root / "out" / f"frame_000{f}.png"))

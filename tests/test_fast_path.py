@@ -185,3 +185,25 @@ def test_bench_modes(bench):
     assert {m.backend for m in cuda} == {"torch", "gsplat"} and cuda[-1].compiled and cuda[-1].batch == 8
     assert {m.precision for m in cuda} == set(fastpath.PRECISIONS)
     assert {m.backend for m in bench.modes_for(torch.device("cuda"), 8, gsplat=False)} == {"torch"}
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(model, monkeypatch):
+    monkeypatch.setattr(fastpath, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16"})
+    assert fastpath.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(fastpath, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    assert fastpath.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert fastpath.resolve_precision("auto", torch.device("cuda")) == "fp32"      # Turing: bf16 is emulated
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert fastpath.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert fastpath.resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert fastpath.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        fastpath.resolve_precision("fp16", torch.device("cpu"))
+    # the renderer follows the resolution: auto on a CPU without bf16 units is the exact fp32 path
+    coarse = _noise(2)[:, :, :64, :64]
+    with torch.no_grad():
+        assert torch.equal(model.neural_renderer(coarse, precision="auto"), model.neural_renderer(coarse))
+        monkeypatch.setattr(fastpath, "_cpu_flags", lambda: {"amx_bf16"})
+        assert torch.equal(model.neural_renderer(coarse, precision="auto"),
+                           model.neural_renderer(coarse, precision="bf16"))

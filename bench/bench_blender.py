@@ -1,0 +1,100 @@
+"""What Blender adds to the engine's frame: a 1920x1080 F12 render of one avatar through the GAGAvatar
+render engine (crop placement and resampling, colour conversion, the Coarse and Depth passes, the
+compositor) against the engine's own 512^2 frame of the same avatar and view (``model.render``),
+both timed in this run, best of ``--repeat`` after a warm-up. The render engine reuses the loaded
+model and avatar between renders (networks.py caches), so only the per-frame work is timed.
+
+Target (issue #10): the render costs at most 1.15x the engine's frame.
+
+Usage (a bpy 4.2-5.3 module in the venv, assets in ``$GAGAVATAR_ASSETS`` or ``--assets``)::
+
+    python bench/bench_blender.py [--size 1920x1080] [--repeat 3] [--photo tests/data/astronaut.png]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _best(fn, repeat: int) -> float:
+    fn()  # warm-up: caches, allocator, first-call compilation
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1920x1080", help="frame WxH (default 1920x1080)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--photo", default=str(REPO / "tests" / "data" / "astronaut.png"))
+    parser.add_argument("--assets", help="asset folder (default $GAGAVATAR_ASSETS)")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.assets:
+        os.environ["GAGAVATAR_ASSETS"] = args.assets
+    os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="gagavatar-bench-"))
+
+    import bpy
+    import importlib.util
+    import torch
+    sys.path.insert(0, str(REPO / "tools"))
+    import build_extension
+    from blender_farm_example import enable_extension
+
+    module = enable_extension(build_extension.build(Path(tempfile.mkdtemp(prefix="gagavatar-zip-"))))
+    ext = lambda name: importlib.import_module(f"{module}.{name}")  # noqa: E731
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert bpy.ops.gagavatar.create_avatar(filepath=str(Path(args.photo).resolve())) == {"FINISHED"}
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
+    scene.render.use_compositing = True
+
+    def blender_frame():
+        bpy.ops.render.render()
+
+    from gagavatar.engine.cameras import blender_to_transform
+    networks, scene_views = ext("gagavatar_blender.networks"), ext("gagavatar_blender.scene_views")
+    prefs = bpy.context.preferences.addons[module].preferences
+    device = networks.resolve_device(prefs.device)
+    model = networks.load_model(networks.asset_paths(prefs)[0], device)
+    view = scene_views.avatar_views(bpy.context.evaluated_depsgraph_get(), scene.camera.matrix_world, device)[0]
+    transform, _ = blender_to_transform(torch.tensor(view.camera, dtype=torch.float32), 1.0)
+    vertices = torch.from_numpy(view.vertices)[None].to(device)
+
+    def engine_frame():
+        with torch.no_grad():
+            model.render(view.load(), vertices, transform[None].to(device)).image.cpu()
+
+    engine_s = _best(engine_frame, args.repeat)
+    blender_s = _best(blender_frame, args.repeat)
+    print(f"machine: {_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"bpy {bpy.app.version_string}, device {device}")
+    print(f"engine frame (512^2, model.render)       {engine_s * 1000:8.1f} ms")
+    print(f"Blender F12 {width}x{height} (one avatar) {blender_s * 1000:8.1f} ms")
+    print(f"ratio Blender / engine: {blender_s / engine_s:.3f} (target <= 1.15)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
