@@ -1,7 +1,7 @@
 """What Blender adds to the engine's frame: a 1920x1080 F12 render of one avatar through the GAGAvatar
 render engine (crop placement and resampling, colour conversion, the Coarse and Depth passes, the
 compositor) against the engine's own 512^2 frame of the same avatar and view (``model.render``),
-both timed in this run, best of ``--repeat`` after a warm-up. The render engine reuses the loaded
+both timed in this run, in turns, best of ``--repeat`` after a warm-up turn. The render engine reuses the loaded
 model and avatar between renders (networks.py caches), so only the per-frame work is timed.
 
 Target (issue #10): the render costs at most 1.15x the engine's frame.
@@ -33,13 +33,16 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def _best(fn, repeat: int) -> float:
-    fn()  # warm-up: caches, allocator, first-call compilation
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+def _interleaved_best(fns, repeat: int) -> list[float]:
+    """Best wall time in s of each function, run in turns (one warm-up turn first), so that a load
+    that comes and goes on the machine weighs on all of them alike."""
+    best = [float("inf")] * len(fns)
+    for turn in range(repeat + 1):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            if turn:
+                best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -86,8 +89,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             model.render(view.load(), vertices, transform[None].to(device)).image.cpu()
 
-    engine_s = _best(engine_frame, args.repeat)
-    blender_s = _best(blender_frame, args.repeat)
+    engine_s, blender_s = _interleaved_best((engine_frame, blender_frame), args.repeat)
     print(f"machine: {_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"bpy {bpy.app.version_string}, device {device}")
     print(f"engine frame (512^2, model.render)       {engine_s * 1000:8.1f} ms")

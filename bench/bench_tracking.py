@@ -25,6 +25,7 @@ import numpy as np
 import skimage.data
 import torch
 
+from bench_engine import best_time  # bench/ is the script's folder, first on sys.path
 from gagavatar.engine.cameras import transform_from_pose
 from gagavatar.engine.flame import load_flame
 from gagavatar.engine.tracking import fit_flame, track_image, track_video
@@ -48,12 +49,8 @@ def _clip(path: Path, frames: int, size: int = 512) -> None:
 
 
 def _best(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Best wall time in s of ``repeat`` runs (no warm-up: the first run is part of what is timed)."""
+    return best_time(fn, torch.device("cpu"), repeat, warmup=False)[0]
 
 
 def _step_time(flame, batch: int, full_mesh: bool, iterations: int = 30) -> float:
