@@ -6,7 +6,9 @@ Modules:
 * :mod:`.dino_base`: :class:`DINOBase`, DINOv2 + DPT-style head -> local and global features;
 * :mod:`.generators`: :class:`HarmonicEmbedding`, :class:`LinearGSGenerator` (FLAME-vertex
   Gaussians) and :class:`ConvGSGenerator` (dual-lifting Gaussians);
-* :mod:`.style_unet`: :class:`StyleUNet`, the neural renderer (32 channels -> RGB 512^2).
+* :mod:`.style_unet`: :class:`StyleUNet`, the neural renderer (32 channels -> RGB 512^2);
+* :mod:`.noise`: :func:`fresh_noise` for noise injection, drawn per global batch in
+  data-parallel training (:func:`global_batch_rows`).
 """
 from .._lazy import lazy_exports
 
@@ -15,4 +17,5 @@ __all__, __getattr__, __dir__ = lazy_exports(globals(), {
     "DINOBase": ".dino_base",
     "HarmonicEmbedding": ".generators", "LinearGSGenerator": ".generators", "ConvGSGenerator": ".generators",
     "StyleUNet": ".style_unet",
+    "fresh_noise": ".noise", "global_batch_rows": ".noise",
 })

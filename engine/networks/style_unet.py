@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .noise import fresh_noise
+
 UNET_CHANNELS = {4: 256, 8: 256, 16: 256, 32: 256, 64: 128, 128: 64, 256: 32, 512: 16, 1024: 8}
 """U-Net (and SFT) channels per resolution; the decoder uses twice as many."""
 
@@ -163,7 +165,7 @@ class StyleConv(nn.Module):
         """``noise [1 or B, 1, H', W']`` (None: fresh N(0, 1) per sample) -> ``[B, cout, H', W']``."""
         out = self.modulated_conv(x, latent, gain=math.sqrt(2.0), bias=self.bias)
         if noise is None:
-            noise = torch.randn(out.shape[0], 1, *out.shape[2:], dtype=out.dtype, device=out.device)
+            noise = fresh_noise(out)
         out = out.add_((self.weight * noise).to(out.dtype))
         return F.leaky_relu_(out, LRELU_SLOPE)
 

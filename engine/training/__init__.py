@@ -9,6 +9,7 @@ Modules:
 * :mod:`.losses`: L1, face-box, perceptual and lifting-distance losses (official ``calc_metrics``);
 * :mod:`.perceptual`: VGG-Face + AlexNet perceptual loss (official weights) and LPIPS;
 * :mod:`.trainer`: the resumable training loop and checkpoints;
+* :mod:`.distributed`: several processes (GPUs, machines) launched by torchrun;
 * :mod:`.metrics`, :mod:`.evaluate`: PSNR/SSIM/LPIPS (+ CSIM/AED/APD/AKD hooks), the results table;
 * :mod:`.tiny`: a small model with the same interface for CPU runs and tests;
 * :mod:`.cli`: ``python -m gagavatar.engine.training train|evaluate|build-dataset|train-config``.

@@ -7,6 +7,9 @@ commands through :func:`add_subcommands`)::
     evaluate --model CKPT --data ROOT --flame FLAME [--mode self|cross|both] [--lpips alex.pth] ...
     build-dataset VIDEO [VIDEO ...] -o ROOT [--frames N] [--val N] [--test N]
     train-config                      print every training setting with its default (TOML)
+
+``torchrun --nproc_per_node N -m gagavatar train CONFIG`` trains on N GPUs (data-parallel; see
+docs/TRAINING.md).
 """
 from __future__ import annotations
 
@@ -35,19 +38,24 @@ def _override(values: dict, assignment: str) -> None:
 
 def cmd_train(args) -> int:
     from .config import config_from_dict, load_config
-    from .trainer import prepare_run
+    from .distributed import process_group
+    from .trainer import prepare_run, resolve_device
     cfg = load_config(args.config)
     if args.set:
         values = cfg.to_dict()
         for a in args.set:
             _override(values, a)
         cfg = config_from_dict(values, Path.cwd(), "--set")
-    trainer = prepare_run(cfg, resume=args.resume)
-    progress = progress_bar("train", unit="it")
-    try:
-        trainer.fit(progress)
-    finally:
-        progress.close()
+    with process_group(resolve_device(cfg.train.device)):   # under torchrun; else nothing
+        trainer = prepare_run(cfg, resume=args.resume)
+        if not trainer.is_main:   # only rank 0 shows progress
+            trainer.fit()
+            return 0
+        progress = progress_bar("train", unit="it")
+        try:
+            trainer.fit(progress)
+        finally:
+            progress.close()
     print(f"trained {trainer.iteration} iterations -> {trainer.state_path.parent}")
     return 0
 
@@ -121,7 +129,10 @@ def cmd_train_config(args) -> int:
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train``, ``evaluate``, ``build-dataset`` and ``train-config`` on a subparsers object
     (each sets ``func``; call ``args.func(args)``)."""
-    t = sub.add_parser("train", help="train or fine-tune GAGAvatar from a config file")
+    t = sub.add_parser("train", help="train or fine-tune GAGAvatar from a config file",
+                       description="Train or fine-tune GAGAvatar. On several GPUs or machines launch it with "
+                                   "torchrun (torchrun --nproc_per_node N -m gagavatar train CONFIG): "
+                                   "train.batch_size is then the global batch.")
     t.add_argument("config", help="TOML (or YAML) config; `train-config` prints the defaults")
     t.add_argument("--resume", action="store_true", help="continue the run in train.out_dir")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a setting")

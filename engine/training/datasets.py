@@ -273,21 +273,37 @@ Pair = tuple[str, str]
 """(source key, target key)."""
 
 
+def shard_size(batch_size: int, world_size: int) -> int:
+    """Samples per process when the global batch ``batch_size`` is split over ``world_size``
+    processes (a one-line error unless it divides)."""
+    if batch_size % world_size:
+        raise GAGAvatarError(f"train.batch_size = {batch_size} is the global batch, split over {world_size} "
+                             f"processes: set it to a multiple of {world_size}")
+    return batch_size // world_size
+
+
 class TrainPairSampler(torch.utils.data.Sampler):
     """Batches of training pairs for iterations ``start .. stop - 1``, a pure function of the seed.
 
     Sample ``p = iteration * batch + j`` is target ``perm_e[p mod n]`` of the split's frames, with
     ``perm_e`` a permutation drawn for epoch ``e = p // n``; its source is another frame of the same
     video drawn from ``(seed, p)`` (the target itself for one-frame videos).
+
+    In data-parallel training ``batch_size`` is the global batch and process ``rank`` of
+    ``world_size`` gets its consecutive share: samples ``j = rank * b .. (rank + 1) * b - 1`` of
+    each batch, ``b = batch_size / world_size``.
     """
 
-    def __init__(self, data: TrackedFrames, split: str, batch_size: int, seed: int, start: int, stop: int):
+    def __init__(self, data: TrackedFrames, split: str, batch_size: int, seed: int, start: int, stop: int,
+                 rank: int = 0, world_size: int = 1):
         self.videos = data.split_videos(split)
         self.frames = [k for keys in self.videos.values() for k in keys]
         if not self.frames:
             raise GAGAvatarError(f"the {split!r} split of {data.root} is empty: check dataset.json")
         self.video_of = data.video_of
         self.batch_size, self.seed, self.start, self.stop = batch_size, seed, start, stop
+        self.shard = shard_size(batch_size, world_size)
+        self.first = rank * self.shard
         self._epoch: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -307,7 +323,9 @@ class TrainPairSampler(torch.utils.data.Sampler):
         return candidates[choice], target
 
     def batch(self, iteration: int) -> list[Pair]:
-        return [self.pair(iteration * self.batch_size + j) for j in range(self.batch_size)]
+        """This process's share of the pairs of ``iteration`` (all of them in a single process)."""
+        base = iteration * self.batch_size + self.first
+        return [self.pair(base + j) for j in range(self.shard)]
 
     def __iter__(self) -> Iterator[list[Pair]]:
         for it in range(self.start, self.stop):

@@ -87,3 +87,22 @@ def render(model: nn.Module, gaussians: dict[str, torch.Tensor], vertices: torch
     with autocast(coarse.device, amp):
         image = model.neural_renderer(coarse, randomize_noise=randomize_noise)
     return Reenactment(coarse=coarse, image=image.float(), lifted_xyz=lifted)
+
+
+class ReenactmentPass(nn.Module):
+    """The training pass (:func:`reenact` with fresh noise) as a module: ``DistributedDataParallel``
+    synchronises the gradients of what runs through the ``forward`` of the module it wraps.
+
+    ``forward(source_518, source_transform, vertices, transform)`` returns ``(coarse [B, 32, S, S],
+    image [B, 3, S, S], lifted_xyz [B, L, 3])`` (a tuple: DDP follows the tensors of its output).
+    """
+
+    def __init__(self, model: nn.Module, amp: bool = False, backend: str = "auto"):
+        super().__init__()
+        self.model, self.amp, self.backend = model, amp, backend
+
+    def forward(self, source_518: torch.Tensor, source_transform: torch.Tensor, vertices: torch.Tensor,
+                transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = reenact(self.model, source_518, source_transform, vertices, transform, randomize_noise=True,
+                      amp=self.amp, backend=self.backend)
+        return out.coarse, out.image, out.lifted_xyz

@@ -13,6 +13,11 @@ renderer) and target ``I_t`` (all ``[B, 3, S, S]``)::
 it to ``box_size`` (512 = the render size officially) with antialiased bilinear resampling; ``P``
 is :class:`~.perceptual.FacePerceptualLoss`. The nearest-neighbour search is exact (brute force in
 chunks, no faiss) and carries no gradient; the distance to the chosen point does.
+
+Every term is a mean over the batch of per-sample means of equal size (every sample has the same
+pixels, crop size and vertex count), so the mean of the terms over equal shards of a batch is the
+term over the whole batch: data-parallel processes averaging their gradients reproduce one
+process's gradient of the global batch.
 """
 from __future__ import annotations
 
@@ -84,9 +89,10 @@ def lifting_loss(vertices: torch.Tensor, lifted: torch.Tensor, weight: float = L
     return (((vertices.float() - chosen.float()) ** 2).sum(-1) * weight).mean()
 
 
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``-10 log10(MSE)`` over the whole batch (images in 0..1), as the official training log."""
-    return -10.0 * torch.log10(F.mse_loss(prediction.float(), target.float()))
+def psnr_of_mse(mse: torch.Tensor) -> torch.Tensor:
+    """``-10 log10(mse)`` in dB (images in 0..1): with the MSE over a whole batch, the official
+    training log's PSNR."""
+    return -10.0 * torch.log10(mse)
 
 
 @dataclass

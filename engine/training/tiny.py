@@ -23,6 +23,7 @@ from ..avatar import N_EXPRESSION
 from ..cameras import FOCAL
 from ..model import GAGAvatar
 from ..networks.generators import N_FEATURES, ConvGSGenerator, HarmonicEmbedding, LinearGSGenerator
+from ..networks.noise import fresh_noise
 
 
 class TinyEncoder(nn.Module):
@@ -57,8 +58,7 @@ class TinyRenderer(nn.Module):
 
     def forward(self, x: torch.Tensor, randomize_noise: bool = False) -> torch.Tensor:
         h = F.leaky_relu(self.conv_in(x), 0.2)
-        noise = torch.randn(h.shape[0], 1, *h.shape[-2:], device=h.device, dtype=h.dtype) if randomize_noise \
-            else self.noise.to(h.dtype)
+        noise = fresh_noise(h) if randomize_noise else self.noise.to(h.dtype)
         h = F.leaky_relu(self.conv_mid(h + self.noise_strength * noise), 0.2)
         return torch.sigmoid(self.conv_out(h))
 

@@ -13,10 +13,18 @@
   written atomically. Validation PSNR/SSIM on the ``val`` split's first frames go to ``val.csv``.
 * Logs: ``OUT/log.csv`` (means over each ``log_every`` window) and TensorBoard event files when
   ``tensorboard`` is installed; the resolved config in ``OUT/config.toml``.
+* Several processes (launched by ``torchrun``, joined by :func:`~.distributed.process_group`):
+  the model runs in ``DistributedDataParallel``, ``train.batch_size`` is the global batch and
+  each process trains on its consecutive share (:class:`~.datasets.TrainPairSampler`) with its
+  rows of the global batch's noise (:func:`~..networks.noise.global_batch_rows`); the losses are
+  per-sample means, so the averaged gradients are one process's gradient of the global batch.
+  Every process seeds alike and loads the same state; rank 0 alone validates and writes logs,
+  checkpoints and exports; the logged losses and PSNR are global-batch means.
 """
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 from collections.abc import Callable
@@ -24,15 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import atomic_save, read_checkpoint, save_model, save_official, split_perceptual
 from ..errors import AssetError, Cancelled, GAGAvatarError
+from ..networks.noise import global_batch_rows
 from ..safe_load import load_torch
+from . import distributed
 from .config import Config, config_from_dict, official_meta_cfg, to_toml
-from .datasets import PairDataset, TrainPairSampler, TrackedFrames, evaluation_pairs, open_dataset
-from .forward import reenact, render_size
-from .losses import LOSS_NAMES, LossWeights, gagavatar_losses, psnr
+from .datasets import PairDataset, TrainPairSampler, TrackedFrames, evaluation_pairs, open_dataset, shard_size
+from .forward import ReenactmentPass, render_size
+from .losses import LOSS_NAMES, LossWeights, gagavatar_losses, psnr_of_mse
 from .perceptual import FacePerceptualLoss, load_face_perceptual, official_state_dict, read_weights
 from .tiny import TinyGAGAvatar
 
@@ -146,16 +159,30 @@ class Trainer:
         flame: FLAME on the CPU (default: ``load_flame(cfg.data.flame)``).
         model: a model with the training interface (default: :func:`build_model`); moved to the device.
         perceptual: the perceptual loss network (default: :func:`build_perceptual`).
+
+    Under torchrun it must be made inside :func:`~.distributed.process_group` (as ``gagavatar
+    train`` does); ``launch`` is then this process's place, None in a single-process run.
     """
 
     def __init__(self, cfg: Config, data: TrackedFrames | None = None, flame: nn.Module | None = None,
                  model: nn.Module | None = None, perceptual: FacePerceptualLoss | None = None):
         self.cfg = cfg
+        self.launch = distributed.joined()
         self.device = resolve_device(cfg.train.device)
+        if self.launch is not None:
+            self.device = self.launch.device(self.device)
+        self.shard = shard_size(cfg.train.batch_size, self.world_size)
         if len(cfg.optim.betas) != 2:
             raise GAGAvatarError("optim.betas must hold two numbers")
         torch.manual_seed(cfg.train.seed)
         self.model = (model if model is not None else build_model(cfg)).to(self.device).train()
+        self.reenactment: nn.Module = ReenactmentPass(self.model, cfg.train.precision == "bf16", cfg.train.backend)
+        if self.launch is not None:
+            # static_graph: GAGAvatar has parameters that never get a gradient (the official toRGB.*
+            # and one refinenet unit); the set is the same every step.
+            self.reenactment = DistributedDataParallel(
+                self.reenactment, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                static_graph=True)
         if perceptual is None:
             perceptual = build_perceptual(cfg)
         self.perceptual = perceptual.to(self.device) if perceptual is not None else None
@@ -179,26 +206,45 @@ class Trainer:
         self.iteration = 0
         self.out_dir = Path(cfg.train.out_dir)
 
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 without torchrun)."""
+        return self.launch.rank if self.launch is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        """Processes training together (1 without torchrun)."""
+        return self.launch.world_size if self.launch is not None else 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the logs, checkpoints and exports (rank 0; the only one alone)."""
+        return self.launch is None or self.launch.is_main
+
     # ------------------------------------------------------------------ one step
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimisation step on a collated batch; returns the loss terms, ``loss`` and ``psnr``."""
+        """One optimisation step on a collated batch (this process's share of the global batch);
+        returns the loss terms, ``loss`` and ``psnr`` of the global batch."""
         b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-        bf16 = self.cfg.train.precision == "bf16"
-        out = reenact(self.model, b["source_image"], b["source_transform"], b["target_vertices"],
-                      b["target_transform"], randomize_noise=True, amp=bf16, backend=self.cfg.train.backend)
-        terms = gagavatar_losses(out.coarse[:, :3], out.image, b["target_image"], b["target_bbox"],
-                                 b["target_vertices"], out.lifted_xyz, self.perceptual, self.weights,
+        with global_batch_rows(self.rank * self.shard, self.cfg.train.batch_size):
+            coarse, image, lifted = self.reenactment(b["source_image"], b["source_transform"], b["target_vertices"],
+                                                     b["target_transform"])
+        terms = gagavatar_losses(coarse[:, :3], image, b["target_image"], b["target_bbox"],
+                                 b["target_vertices"], lifted, self.perceptual, self.weights,
                                  self.cfg.loss.box_size or None)
-        if not torch.isfinite(terms["loss"]):
-            raise GAGAvatarError(f"the loss became {float(terms['loss'])} at iteration {self.iteration + 1}: "
+        logged = torch.stack([*(v.detach() for v in terms.values()), F.mse_loss(image.detach(), b["target_image"])])
+        if self.launch is not None:
+            logged = distributed.mean_over_ranks(logged)
+        result = dict(zip(terms, logged[:-1].tolist()))
+        if not math.isfinite(result["loss"]):
+            raise GAGAvatarError(f"the loss became {result['loss']} at iteration {self.iteration + 1}: "
                                  f"lower optim.lr or resume from the last checkpoint")
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.optimizer.step()
         self.scheduler.step()
         self.iteration += 1
-        result = {k: float(v.detach()) for k, v in terms.items()}
-        result["psnr"] = float(psnr(out.image.detach(), b["target_image"]))
+        result["psnr"] = float(psnr_of_mse(logged[-1]))
         return result
 
     # ------------------------------------------------------------------ state
@@ -235,15 +281,18 @@ class Trainer:
         return self.iteration
 
     def save(self) -> list[Path]:
-        """Write ``state.pt`` and, for GAGAvatar, the exported checkpoints (:meth:`export`)."""
+        """Write ``state.pt`` and, for GAGAvatar, the exported checkpoints (:meth:`export`); only
+        rank 0 writes (the others return ``[]``)."""
+        if not self.is_main:
+            return []
         atomic_save(self.state_dict(), self.state_path)
         return [self.state_path, *self.export()]
 
     def export(self) -> list[Path]:
         """For GAGAvatar: ``latest.pt`` (official format, with the perceptual weights when known) and
-        ``latest_compact.pt`` (ours) beside ``state.pt``; nothing for other models."""
+        ``latest_compact.pt`` (ours) beside ``state.pt``; nothing for other models nor off rank 0."""
         from ..model import GAGAvatar
-        if not isinstance(self.model, GAGAvatar):
+        if not isinstance(self.model, GAGAvatar) or not self.is_main:
             return []
         folder = self.state_path.parent
         meta = official_meta_cfg(self.cfg)
@@ -259,24 +308,38 @@ class Trainer:
                                     max_frames=self.cfg.data.val_frames, backend=self.cfg.train.backend)
 
     # ------------------------------------------------------------------ loop
+    def _anywhere(self, flag: bool) -> bool:
+        """``flag``, or under torchrun whether it is true on any process."""
+        return distributed.any_rank(flag, self.device) if self.launch is not None else flag
+
+    def _barrier(self) -> None:
+        """Under torchrun, wait until every process is here (rank 0 done writing)."""
+        if self.launch is not None:
+            dist.barrier()
+
     def fit(self, progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, float]:
         """Train from the current iteration to ``train.iterations``; returns the last logged means.
 
-        Cancelling (``cancel()`` true) saves the state first, then raises :class:`Cancelled`.
+        Cancelling (``cancel()`` true, on any process) saves the state first, then raises
+        :class:`Cancelled`. Under torchrun every process calls it (all with a ``cancel`` or none);
+        they return together, once rank 0 has written the last checkpoint.
         """
         t = self.cfg.train
         resume_at = self.iteration if self.iteration else None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.toml").write_text(to_toml(self.cfg))
-        log = CsvLog(self.out_dir / "log.csv", LOG_FIELDS, resume_at)
-        val_log = CsvLog(self.out_dir / "val.csv", VAL_FIELDS, resume_at)
-        board = _tensorboard(self.out_dir / "tensorboard")
-        sampler = TrainPairSampler(self.data, self.cfg.data.split, t.batch_size, t.seed, self.iteration, t.iterations)
+        log = val_log = board = None
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.toml").write_text(to_toml(self.cfg))
+            log = CsvLog(self.out_dir / "log.csv", LOG_FIELDS, resume_at)
+            val_log = CsvLog(self.out_dir / "val.csv", VAL_FIELDS, resume_at)
+            board = _tensorboard(self.out_dir / "tensorboard")
+        sampler = TrainPairSampler(self.data, self.cfg.data.split, t.batch_size, t.seed, self.iteration, t.iterations,
+                                   self.rank, self.world_size)
         # Its own generator: the loader must not draw from the global RNG (resumed runs stay exact).
         loader = torch.utils.data.DataLoader(self.samples, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
                                              pin_memory=self.device.type == "cuda",
                                              generator=torch.Generator().manual_seed(t.seed))
-        has_val = self.cfg.data.val_frames > 0 and bool(evaluation_pairs(self.data, "val"))
+        has_val = self.is_main and self.cfg.data.val_frames > 0 and bool(evaluation_pairs(self.data, "val"))
         window: list[dict[str, float]] = []
         last: dict[str, float] = {}
         started = time.perf_counter()
@@ -288,7 +351,8 @@ class Trainer:
                 if it % t.log_every == 0 or it == t.iterations:
                     last = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                     seconds = (time.perf_counter() - started) / len(window)
-                    log.write({"iteration": it, "lr": lr, **last, "seconds": seconds})
+                    if log is not None:
+                        log.write({"iteration": it, "lr": lr, **last, "seconds": seconds})
                     if board is not None:
                         for k, v in last.items():
                             board.add_scalar(f"train/{k}", v, it)
@@ -305,9 +369,11 @@ class Trainer:
                     self.save()
                 if progress is not None:
                     progress(it, t.iterations)
-                if cancel is not None and cancel() and it < t.iterations:
+                if cancel is not None and self._anywhere(cancel()) and it < t.iterations:
                     self.save()
+                    self._barrier()
                     raise Cancelled(f"training cancelled at iteration {it}; its state is saved: resume with --resume")
+            self._barrier()
         finally:
             if board is not None:
                 board.close()
