@@ -12,6 +12,7 @@ from gagavatar.engine.avatar import N_EXPRESSION, Avatar
 from gagavatar.engine.cameras import transform_from_pose
 from gagavatar.engine.flame import load_flame
 from gagavatar.engine.model import resize_for_dino
+from gagavatar.engine.splatting import torch_backend
 
 P = 296 * 296
 
@@ -114,6 +115,17 @@ def test_splat_matches_official(kit_frame, case, kit):
     kit.compare.check_stats(pipe["render_32ch"], kit_frame.coarse, "pipeline_render")
     kit.compare.check_stats(pipe["render_32ch_crop"], kit_frame.coarse[0, :, 250:258, 250:258], "pipeline_render")
     kit.compare.check_stats(pipe["gen_image"], kit_frame.coarse[:, :3], "pipeline_gen")
+
+
+def test_splat_float32_mode_matches_official(kit_model, kit_avatar, case, kit, monkeypatch):
+    """The rasterizer's float32 mode (devices without float64: Apple MPS) meets the same statistical criteria."""
+    monkeypatch.setattr(torch_backend, "has_float64", lambda device: False)
+    pipe = case["outputs"]["pipeline"]
+    frame = kit_model.render(kit_avatar, case["outputs"]["flame_vertices"], case["inputs"]["t_transform"][None])
+    kit.compare.check_stats(pipe["render_32ch"], frame.coarse, "pipeline_render")
+    kit.compare.check_stats(pipe["render_32ch_crop"], frame.coarse[0, :, 250:258, 250:258], "pipeline_render")
+    kit.compare.check_stats(pipe["gen_image"], frame.coarse[:, :3], "pipeline_gen")
+    kit.compare.check_stats(pipe["sr_gen_image"], frame.image, "pipeline_sr")
 
 
 def test_neural_render_matches_official(kit_frame, case, kit):

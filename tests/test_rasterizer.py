@@ -1,9 +1,12 @@
 """The torch rasterizer against the conformance kit's port of the official kernel (and its reference
-renders), and its behaviour on a seeded scene; the gsplat path."""
+renders), and its behaviour on a seeded scene; its float32 mode (devices without float64, Apple MPS);
+the gsplat path."""
 import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_from_pose, transform_to_opencv
 from gagavatar.engine.errors import GAGAvatarError
@@ -29,6 +32,29 @@ def scene():
             "settings": {"focal": 12.0, "tanfovx": 1 / 12.0, "tanfovy": 1 / 12.0}}
 
 
+@pytest.fixture(params=["float64", "float32"])
+def precision(request, monkeypatch):
+    """Both modes of the torch backend; ``float32``: every device is taken for one without float64 (Apple MPS)."""
+    if request.param == "float32":
+        monkeypatch.setattr(torch_backend, "has_float64", lambda device: False)
+    return request.param
+
+
+class _Float64Ops(TorchDispatchMode):
+    """Records the aten ops (forward and backward) with a float64 output in ``ops``; counts all ops in ``n``."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.n = set(), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.n += 1
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tree_leaves(out)):
+            self.ops.add(str(func))
+        return out
+
+
 def _gaussians(case, batch=1):
     i = case["inputs"]
     g = {"xyz": i["means"], "colors": i["colors"], "opacities": i["opacities"],
@@ -42,7 +68,7 @@ def _render(case, size, background=None, **kw):
 
 
 @pytest.mark.parametrize("size", [128, 40])
-def test_render_case_matches_official(kit, render_case, size):
+def test_render_case_matches_official(kit, render_case, size, precision):
     o = render_case["outputs"]
     r = _render(render_case, (size, size))
     kit.compare.check_stats(o[f"image_{size}x{size}"], r.features[0], "render_case")
@@ -52,7 +78,7 @@ def test_render_case_matches_official(kit, render_case, size):
     assert (r.alpha[0, 0] - (1 - final_t)).abs().max() < 1e-5
 
 
-def test_render_case_background(kit, render_case):
+def test_render_case_background(kit, render_case, precision):
     o = render_case["outputs"]
     bg = o["bg_for_image_128x128_bg"]
     r = _render(render_case, (128, 128), background=bg)
@@ -72,6 +98,73 @@ def test_preprocess_matches_port(kit, render_case):
     for mine, ref in [("means2D", "means2D_128"), ("conic", "conic_128"), ("depth", "depth_128"),
                       ("cov3D", "cov3D"), ("cov2D", "cov2D_128")]:
         kit.compare.check(o[ref][v], pre[mine][v], "render_port")
+
+
+@pytest.mark.parametrize("size", [128, 40])
+def test_float32_mode_against_the_exact_path(kit, render_case, size):
+    """Float32 mode vs the float64 path on the kit's render case: the same radii, the render within the
+    kit's statistical render criteria (measured: max abs 3.6e-7, alpha 2.4e-7)."""
+    i, s = render_case["inputs"], render_case["settings"]
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
+    args = (i["means"][None], cov, i["colors"][None], i["opacities"][None], i["viewmatrix"][None],
+            i["projmatrix"][None], s["tanfovx"], s["tanfovy"], size, size)
+    exact, f32 = torch_backend.rasterize(*args, exact=True), torch_backend.rasterize(*args, exact=False)
+    kit.compare.check_stats(exact[0][0], f32[0][0], "render_case")
+    assert (exact[1] - f32[1]).abs().max() < 1e-5
+    assert torch.equal(exact[3], f32[3])
+
+
+def test_float32_ndc2pix_is_the_double_value(render_case):
+    """The error-free float32 ``ndc2Pix`` rounds to the double-evaluated value; preprocess is then identical."""
+    g = torch.Generator().manual_seed(0)
+    for scale in (1e-3, 1.0, 30.0, 1e4):
+        v = (torch.rand(100_000, generator=g) * 2 - 1) * scale
+        for size in (40, 128, 512, 4097):
+            assert torch.equal(torch_backend._ndc2pix(v, size, False), torch_backend._ndc2pix(v, size, True))
+    i, s = render_case["inputs"], render_case["settings"]
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])
+    pre = [torch_backend.preprocess(i["means"], cov, i["viewmatrix"], i["projmatrix"], s["tanfovx"], s["tanfovy"],
+                                    128, 128, exact) for exact in (True, False)]
+    for k, v in pre[0].items():
+        assert torch.equal(v, pre[1][k]), k
+
+
+def test_float32_mode_creates_no_float64(scene):
+    """Forward and backward of the float32 mode run no op with a float64 output (the float64 path does)."""
+    i, s = scene["inputs"], scene["settings"]
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
+    for exact in (False, True):
+        means, colors = i["means"][None].clone().requires_grad_(), i["colors"][None].clone().requires_grad_()
+        with _Float64Ops() as rec:
+            out = torch_backend.rasterize(means, cov, colors, i["opacities"][None], i["viewmatrix"][None],
+                                          i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 48, 64, exact=exact)
+            (out[0].sum() + out[2].sum()).backward()
+        assert rec.n > 100 and means.grad.abs().sum() > 0
+        assert bool(rec.ops) == exact, sorted(rec.ops)
+    with _Float64Ops() as rec:   # and the fast (no-grad) path
+        torch_backend.rasterize(i["means"][None], cov, i["colors"][None], i["opacities"][None], i["viewmatrix"][None],
+                                i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 48, 64, exact=False)
+    assert rec.n > 100 and not rec.ops, sorted(rec.ops)
+
+
+def test_mps_dispatch_renders_float32_on_the_device(scene, monkeypatch):
+    """render_gaussians on a device without float64 (MPS) takes the float32 mode there, with no trip to the CPU."""
+    assert not torch_backend.has_float64(torch.device("mps"))
+    assert torch_backend.has_float64(torch.device("cpu")) and torch_backend.has_float64(torch.device("cuda"))
+    g, tr = _gaussians(scene), scene["inputs"]["cam_matrix"]
+    exact = render_gaussians(g, tr, size=(48, 64), backend="torch")
+    asked = []
+    with monkeypatch.context() as m, _Float64Ops() as rec:
+        m.setattr(torch_backend, "has_float64", lambda device: asked.append(device) or False)
+        m.setattr(torch.Tensor, "cpu", lambda self: pytest.fail("copied to the CPU"))
+        r = render_gaussians(g, tr, size=(48, 64), backend="torch")
+    assert asked == [torch.device("cpu")] and not rec.ops, sorted(rec.ops)
+    i, s = scene["inputs"], scene["settings"]
+    cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
+    f32 = torch_backend.rasterize(i["means"][None], cov, i["colors"][None], i["opacities"][None], i["viewmatrix"][None],
+                                  i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 48, 64, exact=False)
+    assert all(torch.equal(a, b) for a, b in zip(_fields(r).values(), f32))
+    assert torch.allclose(r.features, exact.features, atol=1e-5) and torch.equal(r.radii, exact.radii)
 
 
 def test_batch_equals_singles(scene):
@@ -154,13 +247,14 @@ def test_early_stop_and_alpha_clamp(kit):
     assert torch.allclose(r.features[0], ref, atol=1e-6)
 
 
-def test_chunked_equals_unchunked(scene):
+@pytest.mark.parametrize("exact", [True, False])
+def test_chunked_equals_unchunked(scene, exact):
     i, s = scene["inputs"], scene["settings"]
     cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
     args = (i["means"][None], cov, i["colors"][None], i["opacities"][None], i["viewmatrix"][None],
             i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 64, 64)
-    full = torch_backend.rasterize(*args)
-    small = torch_backend.rasterize(*args, max_pairs=500)
+    full = torch_backend.rasterize(*args, exact=exact)
+    small = torch_backend.rasterize(*args, max_pairs=500, exact=exact)
     for a, b in zip(full, small):
         assert torch.allclose(a, b, atol=1e-6)
 
@@ -203,7 +297,8 @@ def test_auto_uses_torch_on_cpu(scene):
         render_gaussians(g, scene["inputs"]["cam_matrix"], size=(24, 24), backend="cycles")
 
 
-def test_dense_offcentre_scene_matches_port(kit):
+@pytest.mark.parametrize("exact", [True, False])
+def test_dense_offcentre_scene_matches_port(kit, exact):
     # deep overlapping stacks (early stop), non-square, per-axis focal, principal-point offset, chunking
     gen = torch.Generator().manual_seed(3)
     n = 1500
@@ -217,23 +312,24 @@ def test_dense_offcentre_scene_matches_port(kit):
     ref, radii = kit.reference_rasterizer.render(g["xyz"][0], g["colors"][0], g["opacities"][0], V[0], P[0],
                                                  1 / focal[0], 1 / focal[1], H, W, cov3D_precomp=cov.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]])
     mine = torch_backend.rasterize(g["xyz"], cov[None], g["colors"], g["opacities"], V, P,
-                                      1 / focal[0], 1 / focal[1], H, W, max_pairs=3000)
+                                      1 / focal[0], 1 / focal[1], H, W, max_pairs=3000, exact=exact)
     assert torch.equal(mine[3][0], radii)
     kit.compare.check_stats(ref, mine[0][0], "render_case")
     assert (mine[1] > 0.99).float().mean() > 0.1     # many pixels saturate
 
 
+@pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("max_pairs", [torch_backend.MAX_PAIRS, 500])
-def test_differentiable_path_equals_the_fast_path(scene, max_pairs):
+def test_differentiable_path_equals_the_fast_path(scene, max_pairs, exact):
     """Inputs that require grad take the out-of-place compositing (training): same image, alpha, depth."""
     i, s = scene["inputs"], scene["settings"]
     cov = covariance_from_scale_rotation(i["scales"], i["quats"])[None]
     colors = i["colors"][None].clone()
     args = lambda c: (i["means"][None], cov, c, i["opacities"][None], i["viewmatrix"][None],  # noqa: E731
                       i["projmatrix"][None], s["tanfovx"], s["tanfovy"], 64, 64)
-    fast = torch_backend.rasterize(*args(colors), max_pairs=max_pairs)
+    fast = torch_backend.rasterize(*args(colors), max_pairs=max_pairs, exact=exact)
     leaf = colors.requires_grad_()
-    slow = torch_backend.rasterize(*args(leaf), max_pairs=max_pairs)
+    slow = torch_backend.rasterize(*args(leaf), max_pairs=max_pairs, exact=exact)
     assert slow[0].requires_grad
     for a, b in zip(fast[:3], slow[:3]):
         assert torch.allclose(a, b.detach(), atol=1e-6)

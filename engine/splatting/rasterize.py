@@ -1,4 +1,39 @@
-"""``render_gaussians``: splat C-channel 3D Gaussians with the official camera (torch or gsplat)."""
+"""``render_gaussians``: splat C-channel 3D Gaussians with the official camera (torch or gsplat).
+
+The torch backend runs on the tensors' device: float64 where the official kernel's float32
+arithmetic needs it (CPU, CUDA), float32 only on devices without float64 (Apple MPS; see
+:mod:`.torch_backend`). It is not free of host transfers; on its float32 (MPS) path these remain,
+each a wait for the device (GPU to host) unless noted:
+
+Once per camera:
+
+* ``bool(risky.any())``, ``bool((opacity > 0.99).any())`` (``_composite_camera``): whether the
+  ``power > 0`` skip and the 0.99 alpha clamp can occur at all; without them two passes over every
+  (Gaussian, pixel) pair are saved.
+* ``nonzero(valid)`` and ``nonzero(box not empty)`` (``_Footprints``): the visible Gaussians and
+  those with pixels in the image, data-dependent sizes that the depth sort and the tables need.
+* uploads (host to device, no wait): the constants of ``preprocess`` (``1.3``, ``0.3``, the focal
+  lengths, ...), its ``cov3D`` column list and the image size of the footprint clip.
+
+Once per depth chunk (one chunk unless a camera has more than ``MAX_PAIRS`` (Gaussian, pixel) pairs):
+
+* ``int(done.sum())``: the number of 8x8 blocks whose pixels all stopped; Gaussians are culled only
+  when it grew.
+* the boolean selections ``fp.select(mask)`` (that cull) and ``gid[live]``, ``blk[live]`` (pairs in
+  stopped blocks dropped): data-dependent sizes.
+* ``int(searchsorted(cumsum(boxes), budget))``: how many Gaussians fit the chunk's pair budget
+  (a Python slice bound).
+* two ``repeat_interleave`` in ``_Footprints.blocks`` (block rows per Gaussian, blocks per row)
+  and ``bincount`` (list length per block, sized by its input's maximum): data-dependent sizes.
+* ``nonzero(length)``: the blocks that have a list.
+* ``int(lengths[0])``: the longest list, the number of ``WINDOW`` steps.
+* per window of ``WINDOW`` Gaussians: ``nonzero`` of the blocks still compositing and
+  ``widths.tolist()``, their padded list lengths, from which the host cuts the dense
+  ``[blocks, L, 64]`` stacks (``_groups``).
+
+No ``.cpu()`` copy of inputs or results remains, and nothing is transferred per (Gaussian, pixel)
+pair. The float64 path (CPU, CUDA) has the same list.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,9 +91,9 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
         size: ``(H, W)`` in pixels.
         background: ``[C]`` or ``[B, C]``; ``None`` = zeros.
         center: principal-point offset in NDC ``(cx, cy)``.
-        backend: ``"torch"`` (exact, any device; on Apple MPS it runs on the CPU, as MPS has no
-            float64), ``"gsplat"`` (CUDA only) or ``"auto"`` (gsplat on CUDA when importable,
-            else torch).
+        backend: ``"torch"`` (exact, any device; on Apple MPS, which has no float64, in its
+            float32 mode on the device), ``"gsplat"`` (CUDA only) or ``"auto"`` (gsplat on CUDA
+            when importable, else torch).
 
     Returns:
         :class:`RenderResult`, unbatched when every input is.
@@ -93,15 +128,8 @@ def render_gaussians(gaussians: dict[str, Tensor], transform: Tensor, focal=FOCA
     elif backend == "torch":
         fx, fy = _pair(focal)
         V, P, _ = build_camera_matrices(tr, (fx, fy), center)
-        args = (xyz, covars, colors, g["opacities"], V, P)
-        if xyz.device.type == "mps":
-            # The exact kernel needs float64 (ndc2Pix, the footprint bounds), which MPS lacks:
-            # rasterize on the CPU (autograd follows the copies) and bring the result back.
-            args = tuple(t.cpu() for t in args)
-            background = None if background is None else background.cpu()
-        out = torch_backend.rasterize(*args, torch_backend.tan_half_fov(fx), torch_backend.tan_half_fov(fy),
-                                         size[0], size[1], background)
-        out = tuple(t.to(xyz.device) for t in out)
+        out = torch_backend.rasterize(xyz, covars, colors, g["opacities"], V, P, torch_backend.tan_half_fov(fx),
+                                      torch_backend.tan_half_fov(fy), size[0], size[1], background)
     else:
         raise ValueError(f"unknown backend {backend!r}: use 'auto', 'torch' or 'gsplat'")
     return RenderResult(*out) if batch is not None else RenderResult(*(t[0] for t in out))

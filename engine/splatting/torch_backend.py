@@ -29,6 +29,23 @@ pairs, so memory stays bounded). A stopping pixel keeps ``T = T_in - sum(alpha T
 window (the same product up to float rounding). The result agrees with the kernel up to float
 rounding (~1e-7 relative; ``1 - T`` within a few 1e-7) and rare threshold flips (``alpha ~ 1/255``,
 ``T ~ 1e-4``), like the conformance kit's port.
+
+Without float64 (Apple MPS; ``rasterize(..., exact=False)``, chosen automatically there) the same
+pipeline runs in float32 only:
+
+* ``ndc2Pix`` is ``v (S / 2) + (S - 1) / 2`` with an error-free float32 product (Dekker) and sum
+  (Knuth), rounded once: ``means2D`` is the double-evaluated value bit for bit but for rare ties.
+* ``power`` is the kernel's own per-pixel float32 arithmetic, ``d = mean - pixel`` and then
+  ``-0.5 (a dx^2 + c dy^2) - b dx dy``; nothing is expanded in absolute pixel coordinates, which
+  would cancel. Per block the terms ``a dx^2``, ``b dx`` are formed for its 8 pixel columns and
+  ``c dy^2``, ``dy`` for its 8 rows, then combined over its 64 pixels by one add, one scale and one
+  ``addcmul``.
+* the footprint bounds are evaluated in float32 with margins widened to the float32 rounding of
+  ``power`` and of the bounds themselves (``_F32_REL``, ``_F32_ABS``); the risky-conic test is
+  rewritten so that it cannot overflow.
+
+It differs from the float64 path by float rounding and rare threshold flips (the kit's render case:
+features by at most 3.6e-7, radii identical) and passes the conformance kit's statistical criteria.
 """
 from __future__ import annotations
 
@@ -61,10 +78,46 @@ _BELOW_T_MIN = float(torch.nextafter(torch.tensor(T_MIN), torch.tensor(0.0)))
 """The float32 just below ``0.0001f``: ``T > _BELOW_T_MIN`` is the kernel's ``!(T < 0.0001f)``."""
 _MARGIN_REL, _MARGIN_PX = 1e-4, 1e-3
 """Widening of the ``alpha >= 1/255`` ellipse against float32 rounding of ``power`` (relative, pixels)."""
+_F32_REL, _F32_ABS = 32 * 2.0 ** -24, 8 * 2.0 ** -24
+"""Further widening in float32 mode (multiples of the float32 unit roundoff ``2^-24``): of the ellipse's
+limit by ``_F32_REL / (1 - rho^2)``, ``rho = b / sqrt(a c)`` (the float32 ``power`` errs by a few
+roundoffs of ``a dx^2 + c dy^2``, up to ``2 / (1 - rho^2)`` times ``|power|``, and so do the row
+extents), and of the bounds by ``_F32_ABS`` times the Gaussian's centre and extent (pixels)."""
+
+
+def _split(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Veltkamp's split of float32 ``x`` into ``hi + lo`` (exactly), each of at most 12 significant bits."""
+    s = x * 4097.0
+    hi = s - (s - x)
+    return hi, x - hi
+
+
+def _ndc2pix(v: Tensor, size: int, exact: bool) -> Tensor:
+    """``[N]`` float32 pixel coordinate ``((v + 1) size - 1) / 2`` (official ``ndc2Pix``) of NDC ``v [N]`` float32.
+
+    The kernel evaluates it in double; ``exact=False`` evaluates ``v (size / 2) + (size - 1) / 2`` in
+    float32 only: Dekker's error-free product ``p + e = v size / 2`` and Knuth's error-free sum
+    ``s + f = p + (size - 1) / 2`` (both constants exact in float32), rounded once as ``s + (f + e)``:
+    the double path's value except in rare rounding ties. Where the split overflows (``|v| > 8e34``
+    or not finite) it is the plain ``p + (size - 1) / 2``.
+    """
+    if exact:
+        return (((v.double() + 1.0) * size - 1.0) * 0.5).float()
+    half, shift = size / 2, (size - 1) / 2
+    h_hi, h_lo = (float(t) for t in _split(torch.tensor(half, dtype=torch.float32)))
+    v_hi, v_lo = _split(v)
+    p = v * half
+    e = ((v_hi * h_hi - p) + v_hi * h_lo + v_lo * h_hi) + v_lo * h_lo
+    s = p + shift
+    t = s - p
+    f = (p - (s - t)) + (shift - t)
+    out = s + (f + e)
+    return torch.where(torch.isfinite(out), out, s)
 
 
 def preprocess(means: Tensor, covars: Tensor, viewmatrix: Tensor, projmatrix: Tensor,
-               tanfovx: float, tanfovy: float, height: int, width: int) -> dict[str, Tensor]:
+               tanfovx: float, tanfovy: float, height: int, width: int,
+               exact: bool | None = None) -> dict[str, Tensor]:
     """Per-Gaussian projection of one camera, as the official ``preprocessCUDA``.
 
     Args:
@@ -75,6 +128,8 @@ def preprocess(means: Tensor, covars: Tensor, viewmatrix: Tensor, projmatrix: Te
         projmatrix: ``[4, 4]`` official full projection (``V @ K^T``).
         tanfovx, tanfovy: tangents of the half fields of view (``1 / focal``).
         height, width: image size in pixels.
+        exact: ``ndc2Pix`` in float64 as the kernel; ``False``: in float32 only (see :func:`_ndc2pix`);
+            ``None``: ``True`` where :func:`has_float64`.
 
     Returns:
         dict of float32 tensors: ``means2D [N, 2]`` pixels (centre of pixel ``i`` at ``i``),
@@ -83,6 +138,7 @@ def preprocess(means: Tensor, covars: Tensor, viewmatrix: Tensor, projmatrix: Te
         (``a, b, c`` in pixels^2, dilated by 0.3), ``radii [N]`` int32 (0 = dropped),
         ``rect_min, rect_max [N, 2]`` int64 tile rect, ``valid [N]`` bool.
     """
+    exact = has_float64(means.device) if exact is None else exact
     p = means.float()
     V = viewmatrix.float()
     Pm = projmatrix.float()
@@ -115,8 +171,7 @@ def preprocess(means: Tensor, covars: Tensor, viewmatrix: Tensor, projmatrix: Te
     mid = f32(0.5) * (a + c)
     disc = torch.sqrt(torch.clamp(mid * mid - det, min=0.1))
     radius = torch.ceil(f32(3.0) * torch.sqrt(torch.maximum(mid + disc, mid - disc)))
-    px = (((p_proj[:, 0].double() + 1.0) * width - 1.0) * 0.5).float()
-    py = (((p_proj[:, 1].double() + 1.0) * height - 1.0) * 0.5).float()
+    px, py = _ndc2pix(p_proj[:, 0], width, exact), _ndc2pix(p_proj[:, 1], height, exact)
 
     gx, gy = (width + BLOCK - 1) // BLOCK, (height + BLOCK - 1) // BLOCK
     r = torch.nan_to_num(radius, nan=0.0, posinf=1e9)
@@ -138,15 +193,22 @@ def preprocess(means: Tensor, covars: Tensor, viewmatrix: Tensor, projmatrix: Te
     }
 
 
-def _risky_conic(conic: Tensor) -> Tensor:
+def _risky_conic(conic: Tensor, exact: bool) -> Tensor:
     """``[N]`` bool: rounding may make ``power > 0`` (the conic is not safely positive definite).
 
     With ``a, c > 0`` and ``b^2 < (1 - 1e-5) a c`` the cross term ``2 b dx dy`` is at most
     ``sqrt(1 - 1e-5)`` times the diagonal terms, a margin no float32 rounding of ``power`` (a few
     ulp) can bridge, so ``power <= 0`` everywhere and its Mahalanobis ellipse bounds the footprint.
+    Tested in float64, or (``exact=False``) in float32 as ``|b| < sqrt(1 - 1e-5) sqrt(a) sqrt(c)``,
+    which cannot overflow (its rounding, a few 1e-7, is far inside the margin's 5e-6).
     """
-    a, b, c = conic.double().unbind(-1)
-    return ~((a > 0) & (c > 0) & (b * b < (1.0 - 1e-5) * a * c) & torch.isfinite(conic).all(-1))
+    if exact:
+        a, b, c = conic.double().unbind(-1)
+        safe = b * b < (1.0 - 1e-5) * a * c
+    else:
+        a, b, c = conic.float().unbind(-1)
+        safe = b.abs() < math.sqrt(1.0 - 1e-5) * a.sqrt() * c.sqrt()
+    return ~((a > 0) & (c > 0) & safe & torch.isfinite(conic).all(-1))
 
 
 class _Footprints:
@@ -158,20 +220,29 @@ class _Footprints:
         box: ``[K, 4]`` int64 inclusive pixel box ``x0, x1, y0, y1``: the tile rect clipped to
             the image and to the bounding box of the ellipse ``d^T conic d <= 2 ln(255 o)`` (the
             whole rect for risky conics, see :func:`_risky_conic`).
-        ellipse: ``[K, 8]`` float64 ``mean x, y, conic a, b, c``, the ellipse's limit, the row
-            offset of its leftmost / rightmost points, and 1 for risky conics.
+        ellipse: ``[K, 9]`` ``mean x, y, conic a, b, c``, the ellipse's limit, the row offset of its
+            leftmost / rightmost points, the margin of its bounds (pixels) and 1 for risky conics;
+            float64, or float32 with ``exact=False`` (margins widened, see ``_F32_REL``).
         rank: ``[K']`` the ranks still to composite, ascending (shrinks as chunks are taken and culled).
         block_box: ``[K', 4]`` int32 inclusive block box ``bx0, bx1, by0, by1`` of those.
     """
 
-    def __init__(self, pre: dict[str, Tensor], opacity: Tensor, height: int, width: int):
+    def __init__(self, pre: dict[str, Tensor], opacity: Tensor, height: int, width: int, exact: bool):
         idx = torch.nonzero(pre["valid"]).squeeze(1)
         idx = idx.index_select(0, torch.sort(pre["depth"].index_select(0, idx), stable=True).indices)
         g = torch.cat([pre["means2D"], pre["cov2D"], pre["conic"], opacity.float()[:, None]], 1).index_select(0, idx)
-        mean, cov, conic, o = g.double().split([2, 3, 3, 1], 1)
-        risky = _risky_conic(conic)
-        lim = 2.0 * torch.log(torch.clamp(o[:, 0] * 255.0, min=1.0)) * (1.0 + _MARGIN_REL) + 1e-6
-        ext = torch.sqrt(lim[:, None] * cov[:, 0::2].clamp(min=0)) + _MARGIN_PX
+        mean, cov, conic, o = (g.double() if exact else g).split([2, 3, 3, 1], 1)
+        risky = _risky_conic(conic, exact)
+        rel = _MARGIN_REL
+        if not exact:
+            a, b, c = conic.unbind(1)
+            rel = rel + _F32_REL / torch.where(risky, 1.0, 1.0 - (b / a) * (b / c))   # / (1 - rho^2)
+        lim = 2.0 * torch.log(torch.clamp(o[:, 0] * 255.0, min=1.0)) * (1.0 + rel) + 1e-6
+        ext = torch.sqrt(lim[:, None] * cov[:, 0::2].clamp(min=0))
+        margin = torch.full_like(lim, _MARGIN_PX)
+        if not exact:
+            margin = margin + _F32_ABS * (mean.abs() + ext).amax(1)
+        ext = ext + margin[:, None]
         rmin, rmax = (torch.cat([pre["rect_min"], pre["rect_max"]], 1).index_select(0, idx) * BLOCK).split(2, 1)
         lo = torch.maximum(rmin, torch.ceil(mean - ext).clamp(-1, max(width, height)).long())
         hi = torch.minimum(rmax, torch.floor(mean + ext).clamp(-1, max(width, height)).long() + 1)
@@ -179,7 +250,8 @@ class _Footprints:
         hi = torch.minimum(torch.where(risky[:, None], rmax, hi), torch.tensor([width, height], device=idx.device)) - 1
         self.box = torch.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], 1)
         y_ext = cov[:, 1] * torch.sqrt(lim / cov[:, 0].clamp(min=1e-30))
-        self.ellipse = torch.cat([mean, conic, lim[:, None], y_ext[:, None], risky[:, None].double()], 1)
+        self.ellipse = torch.cat([mean, conic, lim[:, None], y_ext[:, None], margin[:, None],
+                                  risky[:, None].to(lim.dtype)], 1)
         self.order = idx
         self.rank = torch.nonzero((self.box[:, 1] >= self.box[:, 0]) & (self.box[:, 3] >= self.box[:, 2])).squeeze(1)
         self.block_box = self.box.index_select(0, self.rank).div(SUB, rounding_mode="floor").int()
@@ -208,17 +280,17 @@ class _Footprints:
         r = torch.repeat_interleave(rows)                           # the Gaussian of each block row
         by = (by0 - torch.cumsum(rows, 0) + rows).index_select(0, r) + torch.arange(r.numel(), device=dev)
         rank, (x0, x1, y0, y1) = rank.index_select(0, r), box.index_select(0, r).unbind(1)
-        ya = torch.maximum(by * SUB, y0).double()
-        yb = torch.minimum(by * SUB + SUB - 1, y1).double()
-        mx, my, a, b, c, lim, y_ext, risky = self.ellipse.index_select(0, rank).unbind(1)
+        ya = torch.maximum(by * SUB, y0).to(self.ellipse.dtype)
+        yb = torch.minimum(by * SUB + SUB - 1, y1).to(self.ellipse.dtype)
+        mx, my, a, b, c, lim, y_ext, margin, risky = self.ellipse.index_select(0, rank).unbind(1)
 
         def edge(y: Tensor, sign: float) -> Tensor:   # x of the ellipse's left (-1) / right (+1) edge on row y
             dy = my - y
             h = torch.sqrt(torch.clamp(b * b * dy * dy - a * (c * dy * dy - lim), min=0.0))
             return mx + (b * dy + sign * h) / a
 
-        lo = torch.ceil(edge(torch.clamp(my - y_ext, ya, yb), -1.0) - _MARGIN_PX)
-        hi = torch.floor(edge(torch.clamp(my + y_ext, ya, yb), 1.0) + _MARGIN_PX)
+        lo = torch.ceil(edge(torch.clamp(my - y_ext, ya, yb), -1.0) - margin)
+        hi = torch.floor(edge(torch.clamp(my + y_ext, ya, yb), 1.0) + margin)
         exact = (risky == 0) & torch.isfinite(lo) & torch.isfinite(hi)
         x0 = torch.where(exact, torch.maximum(x0, lo.clamp(-1, 1 << 30).long()), x0)
         x1 = torch.where(exact, torch.minimum(x1, hi.clamp(-1, 1 << 30).long()), x1)
@@ -255,13 +327,15 @@ class _Frame:
     ``t_run [nblk, SUB^2]`` is the transmittance of the pixels still compositing (0 once a pixel
     has stopped, and for the padding pixels outside the image); ``t_stop`` the transmittance a
     pixel stopped with (0 while it runs); ``acc [nblk, C + 2, SUB^2]`` ``sum(c alpha T)``, then
-    ``sum(z alpha T)`` and ``sum(alpha T)``. ``basis [nblk, 6, SUB^2]`` float64 ``1, X, Y, X^2,
-    Y^2, X Y`` of the blocks' pixels (see :func:`_quadratic`). ``risky`` / ``opaque``: some
-    Gaussian of the frame has a :func:`_risky_conic` / an opacity above ``ALPHA_MAX`` (else
-    ``power > 0`` / the clamp cannot occur).
+    ``sum(z alpha T)`` and ``sum(alpha T)``. ``basis``: ``[nblk, 6, SUB^2]`` float64 ``1, X, Y,
+    X^2, Y^2, X Y`` of the blocks' pixels (see :func:`_quadratic`), or with ``exact=False``
+    ``[nblk, 2, SUB]`` float32 the blocks' pixel columns ``X`` and rows ``Y``. ``risky`` /
+    ``opaque``: some Gaussian of the frame has a :func:`_risky_conic` / an opacity above
+    ``ALPHA_MAX`` (else ``power > 0`` / the clamp cannot occur).
     """
 
-    def __init__(self, height: int, width: int, channels: int, device: torch.device, risky: bool, opaque: bool):
+    def __init__(self, height: int, width: int, channels: int, device: torch.device, risky: bool, opaque: bool,
+                 exact: bool):
         self.nbx, self.nby = -(-width // SUB), -(-height // SUB)
         nblk = self.nbx * self.nby
         ar = torch.arange(nblk, device=device)
@@ -269,7 +343,11 @@ class _Frame:
         ly, lx = torch.meshgrid(lin, lin, indexing="ij")
         px = ((ar % self.nbx) * SUB)[:, None] + lx.reshape(-1)        # [nblk, SUB^2] pixel x, y
         py = ((ar // self.nbx) * SUB)[:, None] + ly.reshape(-1)
-        self.basis = torch.stack([torch.ones_like(px), px, py, px * px, py * py, px * py], 1).double()
+        if exact:
+            self.basis = torch.stack([torch.ones_like(px), px, py, px * px, py * py, px * py], 1).double()
+        else:
+            self.basis = torch.stack([px[:, :SUB], py[:, ::SUB]], 1).float()
+        self.exact = exact
         self.t_run = ((py < height) & (px < width)).float()
         self.t_stop = torch.zeros_like(self.t_run)
         self.acc = torch.zeros(nblk, channels, SUB * SUB, device=device)
@@ -289,16 +367,30 @@ class _Frame:
         return (self.t_run == 0).all(1).reshape(self.nby, self.nbx)
 
     def _power(self, blk: Tensor, quad: Tensor, out: Tensor | None = None) -> Tensor:
-        """``[nb, L, SUB^2]`` float32 Gaussian exponent ``power`` at every pixel of the blocks.
+        """``[nb, L, SUB^2]`` float32 Gaussian exponent ``power`` at every pixel of the blocks (into ``out`` if given).
 
-        One float64 batched product of the Gaussians' :func:`_quadratic` coefficients ``quad
-        [nb, L, 6]`` with the blocks' pixel basis, rounded to float32 (into ``out`` if given).
+        Exact: one float64 batched product of the Gaussians' :func:`_quadratic` coefficients ``quad
+        [nb, L, 6]`` with the blocks' pixel basis, rounded to float32. Float32 mode: the kernel's own
+        arithmetic on ``quad [nb, L, 5]`` (``mean x, y, conic a, b, c``): ``d = mean - pixel``, the
+        terms ``a dx^2``, ``b dx`` per pixel column and ``c dy^2`` per pixel row, then
+        ``-0.5 (a dx^2 + c dy^2) - (b dx) dy`` over the blocks' pixels.
         """
         basis = self.basis.index_select(0, blk)
-        if out is None:
+        if self.exact and out is None:
             power = torch.bmm(quad, basis).float()
-        else:
+        elif self.exact:
             power = out.copy_(torch.bmm(quad, basis, out=self._buffer("power64", out.shape, torch.float64)))
+        else:
+            mx, my, a, b, c = (v[..., None] for v in quad.unbind(-1))          # [nb, L, 1]
+            x, y = basis[:, None].unbind(2)                                     # [nb, 1, SUB]
+            dx, dy = mx - x, my - y                                             # [nb, L, SUB]
+            diag = ((a * dx * dx)[..., None, :], (c * dy * dy)[..., :, None])   # over [nb, L, SUB (y), SUB (x)]
+            cross = ((b * dx)[..., None, :], dy[..., :, None])
+            if out is None:
+                power = (-0.5 * (diag[0] + diag[1]) - cross[0] * cross[1]).flatten(2)
+            else:
+                torch.add(*diag, out=out.view(*quad.shape[:2], SUB, SUB)).mul_(-0.5).addcmul_(*cross, value=-1.0)
+                power = out
         if self.risky:
             skip = power > 0.0                                       # skipped: alpha becomes 0
             power = power.masked_fill(skip, -math.inf) if out is None else power.masked_fill_(skip, -math.inf)
@@ -311,7 +403,8 @@ class _Frame:
             blk: ``[nb]`` distinct block indices.
             gid: ``[nb, L]`` Gaussian rows of the tables for each block, nearest first (padded with
                 a transparent row), ``L`` a multiple of ``SCAN``.
-            quad: ``[N + 1, 6]`` float64 :func:`_quadratic` coefficients of ``power``.
+            quad: ``[N + 1, 6]`` float64 :func:`_quadratic` coefficients of ``power``, or with
+                ``exact=False`` ``[N + 1, 5]`` float32 ``mean x, y, conic a, b, c``.
             opacity: ``[N + 1]`` float32.
             feats: ``[N + 1, C + 2]`` features, view depth and 1.
         """
@@ -321,7 +414,7 @@ class _Frame:
         nb, L = gid.shape
         rows = gid.reshape(-1)
         shape = (nb, L, SUB * SUB)
-        alpha = self._power(blk, quad.index_select(0, rows).view(nb, L, 6), self._buffer("alpha", shape))
+        alpha = self._power(blk, quad.index_select(0, rows).view(nb, L, -1), self._buffer("alpha", shape))
         alpha = torch.exp_(alpha).mul_(opacity.index_select(0, rows).view(nb, L, 1))
         if self.opaque:                                              # else o exp(power) <= o <= 0.99
             alpha.clamp_(max=ALPHA_MAX)
@@ -351,7 +444,7 @@ class _Frame:
         """
         nb, L = gid.shape
         rows = gid.reshape(-1)
-        power = self._power(blk, quad.index_select(0, rows).view(nb, L, 6))
+        power = self._power(blk, quad.index_select(0, rows).view(nb, L, -1))
         alpha = (torch.exp(power) * opacity.index_select(0, rows).view(nb, L, 1)).clamp(max=ALPHA_MAX)
         alpha = torch.where(alpha > _BELOW_ALPHA_MIN, alpha, torch.zeros_like(alpha))
         t_run = self.t_run[blk]
@@ -403,7 +496,7 @@ def _composite_lists(frame: _Frame, blocks: Tensor, starts: Tensor, lengths: Ten
 
 
 def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, height: int,
-                      width: int, max_pairs: int) -> tuple[Tensor, Tensor]:
+                      width: int, max_pairs: int, exact: bool) -> tuple[Tensor, Tensor]:
     """Composite one camera's preprocessed Gaussians.
 
     Args:
@@ -411,6 +504,7 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
         colors: ``[N, C]`` features (used raw).
         opacity: ``[N]`` opacities.
         max_pairs: (Gaussian, pixel) pairs made per depth chunk (at least one Gaussian).
+        exact: float64 where the kernel's float32 arithmetic needs it; ``False``: float32 only.
 
     Returns:
         ``(acc [C+1, H, W], final_T [H, W])``: ``acc[:C] = sum(c alpha T)``,
@@ -418,22 +512,23 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
     """
     dev = colors.device
     C = colors.shape[1]
-    fp = _Footprints(pre, opacity, height, width)
+    fp = _Footprints(pre, opacity, height, width, exact)
     # per-Gaussian tables in depth order; the last row is a transparent Gaussian used as padding
     order, dummy = fp.order, fp.order.numel()
     pad = lambda t: torch.cat([t, t.new_zeros(1, *t.shape[1:])])  # noqa: E731
-    quad = pad(_quadratic(pre["means2D"].index_select(0, order), pre["conic"].index_select(0, order)))
+    mean, conic = pre["means2D"].index_select(0, order), pre["conic"].index_select(0, order)
+    quad = pad(_quadratic(mean, conic) if exact else torch.cat([mean, conic], 1))
     opacity = pad(opacity.float().index_select(0, order))
     feats = torch.zeros(colors.shape[0] + 1, C + 2, device=dev)   # colours, depth and 1; row N: zeros
     feats[:-1, :C], feats[:-1, C], feats[:-1, C + 1] = colors, pre["depth"], 1.0
     feats = feats.index_select(0, torch.cat([order, order.new_full((1,), colors.shape[0])]))
-    frame = _Frame(height, width, C + 2, dev, risky=bool(_risky_conic(pre["conic"].index_select(0, order)).any()),
-                   opaque=bool((opacity > ALPHA_MAX).any()))
+    frame = _Frame(height, width, C + 2, dev, risky=bool(_risky_conic(conic, exact).any()),
+                   opaque=bool((opacity > ALPHA_MAX).any()), exact=exact)
     n_done = 0
     while len(fp):
         done = frame.blocks_done()
-        if int(done.sum()) > n_done:   # drop Gaussians whose blocks have all stopped
-            n_done = int(done.sum())
+        if (n := int(done.sum())) > n_done:   # drop Gaussians whose blocks have all stopped
+            n_done = n
             bx0, bx1, by0, by1 = fp.block_box.unbind(1)
             fp.select(_count_in_boxes(~done, bx0, by0, bx1, by1) > 0)
             if not len(fp):
@@ -467,7 +562,7 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
 
 def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, viewmatrix: Tensor,
               projmatrix: Tensor, tanfovx: float, tanfovy: float, height: int, width: int,
-              background: Tensor | None = None, max_pairs: int = MAX_PAIRS
+              background: Tensor | None = None, max_pairs: int = MAX_PAIRS, exact: bool | None = None
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Render ``B`` cameras of ``B`` Gaussian sets exactly like the official CUDA forward.
 
@@ -482,6 +577,9 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
         height, width: image size in pixels.
         background: ``[B, C]`` or ``None`` (zeros).
         max_pairs: (Gaussian, pixel) pairs processed at once; bounds memory only.
+        exact: ``True``: float64 where the kernel's arithmetic needs it (``ndc2Pix``, ``power``, the
+            footprint bounds); ``False``: float32 only (see the module docstring), for devices
+            without float64; ``None``: ``True`` where :func:`has_float64`.
 
     Returns:
         ``(features [B, C, H, W], alpha [B, 1, H, W] = 1 - final T, depth [B, 1, H, W],
@@ -490,10 +588,11 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
     """
     B, N, C = colors.shape
     opac = opacities.reshape(B, N)
+    exact = has_float64(means.device) if exact is None else exact
     feats, alphas, depths, radii = [], [], [], []
     for b in range(B):
-        pre = preprocess(means[b], covars[b], viewmatrix[b], projmatrix[b], tanfovx, tanfovy, height, width)
-        acc, final_t = _composite_camera(pre, colors[b], opac[b], height, width, max_pairs)
+        pre = preprocess(means[b], covars[b], viewmatrix[b], projmatrix[b], tanfovx, tanfovy, height, width, exact)
+        acc, final_t = _composite_camera(pre, colors[b], opac[b], height, width, max_pairs, exact)
         img = acc[:C]
         if background is not None:
             img = img + final_t[None] * background[b].float()[:, None, None]
@@ -503,6 +602,11 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
         depths.append(torch.where(alpha > 0, acc[C:] / alpha.clamp(min=1e-30), torch.zeros_like(alpha)))
         radii.append(pre["radii"])
     return torch.stack(feats), torch.stack(alphas), torch.stack(depths), torch.stack(radii)
+
+
+def has_float64(device: torch.device) -> bool:
+    """Whether ``device`` computes in float64 (Apple MPS does not)."""
+    return device.type != "mps"
 
 
 def tan_half_fov(focal: float) -> float:
