@@ -293,13 +293,13 @@ def flame_arrays(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     regressor = np.stack([region(root > 0.5), region((dirs[:, 1] < -0.5) & (dirs[:, 1] > -0.65)),
                           region(jaw_hinge), region(eyes[0]), region(eyes[1])])
 
-    landmarks = vertices_on(layout, vertices, faces)
+    landmarks = _embed_layout(layout, vertices, faces)
     rows = np.concatenate([np.arange(40), -np.arange(1, 40)])       # yaw (degrees) of each contour row
     contour = []
     for yaw in rows:
         shifted = layout[:17].copy()
         shifted[:, 0] = np.clip(shifted[:, 0] - math.radians(yaw), -1.4, 1.4)
-        contour.append(vertices_on(shifted, vertices, faces))
+        contour.append(_embed_layout(shifted, vertices, faces))
     return {
         "flame_model": {
             "v_template": vertices.astype(np.float32), "f": faces,
@@ -317,7 +317,7 @@ def flame_arrays(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def vertices_on(layout: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _embed_layout(layout: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Embed (azimuth, elevation) points ``[P, 2]`` of the face layout on the mesh: (faces int64, bary float32)."""
     directions = _direction(layout[:, 0], layout[:, 1])
     radius = np.linalg.norm(vertices - _CENTRE, axis=-1).max()
