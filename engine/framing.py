@@ -241,25 +241,33 @@ def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callab
 
 
 def composite(layers: list, k: Intrinsics) -> Layers:
-    """Composite :func:`render_layer` outputs front to back, per pixel by depth (premultiplied "over")."""
+    """Composite :func:`render_layer` outputs front to back, per pixel by depth (premultiplied "over").
+
+    The work covers only the box the layers touch; with one layer there is nothing to order.
+    """
     import torch
     out = Layers.empty(k.width, k.height)
     if not layers:
         return out
-    full = torch.zeros(len(layers), 8, k.height, k.width)
-    for i, (bounds, planes) in enumerate(layers):
-        xa, ya, xb, yb = bounds
-        full[i, :, ya:yb, xa:xb] = planes
+    xa, ya = min(b[0] for b, _ in layers), min(b[1] for b, _ in layers)
+    xb, yb = max(b[2] for b, _ in layers), max(b[3] for b, _ in layers)
+    full = torch.zeros(len(layers), 8, yb - ya, xb - xa)
+    for i, ((x0, y0, x1, y1), planes) in enumerate(layers):
+        full[i, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa] = planes
     alpha = full[:, 3]
     depth = torch.where(alpha > _MIN_ALPHA, full[:, 4] / alpha.clamp(min=_MIN_ALPHA), torch.full_like(alpha, math.inf))
-    order = torch.argsort(depth, dim=0)
-    full = torch.gather(full, 0, order[:, None].expand_as(full))
-    depth = torch.gather(depth, 0, order)
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:1]), 1.0 - full[:-1, 3]]), dim=0)
-    acc = (full * transmittance[:, None]).sum(0)
-    out.combined = acc[:4].permute(1, 2, 0).contiguous().numpy()
-    out.coarse = acc[5:8].permute(1, 2, 0).contiguous().numpy()
-    out.depth = torch.where(torch.isinf(depth[0]), torch.full_like(depth[0], BACKGROUND_DEPTH), depth[0]).numpy()
+    if len(layers) == 1:
+        acc = full[0]
+    else:
+        order = torch.argsort(depth, dim=0)
+        full = torch.gather(full, 0, order[:, None].expand_as(full))
+        depth = torch.gather(depth, 0, order)
+        transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:1]), 1.0 - full[:-1, 3]]), dim=0)
+        acc = (full * transmittance[:, None]).sum(0)
+    out.combined[ya:yb, xa:xb] = acc[:4].permute(1, 2, 0).numpy()
+    out.coarse[ya:yb, xa:xb] = acc[5:8].permute(1, 2, 0).numpy()
+    out.depth[ya:yb, xa:xb] = torch.where(torch.isinf(depth[0]), torch.full_like(depth[0], BACKGROUND_DEPTH),
+                                          depth[0]).numpy()
     return out
 
 
