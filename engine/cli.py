@@ -326,11 +326,10 @@ def cmd_export(args) -> int:
     from .assets import asset_path
     from .avatar import Avatar
     from .flame import load_flame
-    from .mesh_export import MESH_SUFFIXES, export_head, head_mesh
+    from .mesh_export import export_head, head_mesh, mesh_kind
     from .sequence import load_sequence
     out = Path(args.mesh)
-    if out.suffix.lower() not in MESH_SUFFIXES:
-        raise GAGAvatarError(f"cannot write a mesh to {out.name}: use {', '.join(MESH_SUFFIXES)}")
+    mesh_kind(out)  # a wrong suffix fails before anything is loaded
     seq = load_sequence(args.drive) if args.drive else None
     if seq is not None and not 0 <= args.frame < seq.num_frames:
         raise GAGAvatarError(f"--frame {args.frame} is outside {args.drive} (frames 0 to {seq.num_frames - 1})")

@@ -22,11 +22,15 @@ Conventions:
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+
+from .errors import GAGAvatarError
 
 CROP = 512
 """Side of the network's render, pixels."""
@@ -322,10 +326,6 @@ def read_camera(path) -> OpenCVCamera:
     Raises:
         GAGAvatarError: a one-line message naming what is missing or wrong.
     """
-    import json
-    from pathlib import Path
-
-    from .errors import GAGAvatarError
     path = Path(path)
     remedy = f"write it as {CAMERA_FORMAT} (OpenCV conventions, head units)"
     try:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from .flame import FLAME
 
-__all__ = ["MESH_SUFFIXES", "head_mesh", "export_head"]
+__all__ = ["MESH_SUFFIXES", "mesh_kind", "head_mesh", "export_head"]
 
 MESH_SUFFIXES = {".obj": "obj", ".glb": "glb", ".ply": "ply", ".stl": "stl"}
 """File suffix -> trimesh file type."""
@@ -54,11 +54,16 @@ def head_mesh(flame: "FLAME", shape: torch.Tensor, expression: Optional[torch.Te
     return trimesh.Trimesh(vertices.cpu().numpy(), flame.faces.cpu().numpy(), process=False)
 
 
-def export_head(path: str | os.PathLike, mesh: "trimesh.Trimesh") -> Path:
-    """Write ``mesh`` to ``path`` (its suffix picks the format: :data:`MESH_SUFFIXES`), atomically."""
+def mesh_kind(path: str | os.PathLike) -> str:
+    """The trimesh file type for ``path``'s suffix; a one-line :class:`GAGAvatarError` for any other."""
     path = Path(path)
     kind = MESH_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise GAGAvatarError(f"cannot write a mesh to {path.name}: use {', '.join(MESH_SUFFIXES)}")
-    data = mesh.export(file_type=kind)
+    return kind
+
+
+def export_head(path: str | os.PathLike, mesh: "trimesh.Trimesh") -> Path:
+    """Write ``mesh`` to ``path`` (its suffix picks the format: :data:`MESH_SUFFIXES`), atomically."""
+    data = mesh.export(file_type=mesh_kind(path))
     return atomic_write(path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
