@@ -239,6 +239,13 @@ def _holds_data(folder: Path) -> bool:
         return False
 
 
+def _interruptible() -> None:
+    """preexec_fn: Ctrl-C's default action, as in a terminal. A test run started in the background
+    of a non-interactive shell (``nohup ... &``) inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler, while ffmpeg still stops."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("output", ["out.mp4", "frames"])
 def test_ctrl_c_during_a_render_exits_130_and_leaves_nothing(output, reference, assets_dir, tmp_path):
     """SIGINT to the whole process group (what Ctrl-C in a terminal does: ffmpeg gets it too) once the
@@ -246,7 +253,7 @@ def test_ctrl_c_during_a_render_exits_130_and_leaves_nothing(output, reference, 
     proc = subprocess.Popen([sys.executable, "-m", "gagavatar", "render", str(reference.avatar), "-o",
                              str(tmp_path / output), "--frames", "40", "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=_subprocess_env(assets_dir))
+                            preexec_fn=_interruptible, env=_subprocess_env(assets_dir))
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
