@@ -5,11 +5,10 @@ Usage::
     .venv/bin/python bench/bench_engine.py --checkpoint GAGAvatar.pt --flame FLAME_with_eye.pt \
         [--device cpu|cuda] [--frames 4] [--repeat 3] [--threads 2] [--markdown results.md]
 
-Without real weights, make official-format files with the conformance kit (the timings do not
-depend on the weights' values)::
+Without real weights, make synthetic official-format files (the timings do not depend on the
+weights' values)::
 
-    python ../shared/conformance/make_official_checkpoint.py /tmp/gaga.pt --seed 0
-    python ../shared/conformance/make_flame_asset.py /tmp/flame.pt --seed 0
+    .venv/bin/gagavatar assets synthesize /tmp/gaga-assets --seed 0
 
 Prints, in one run, a markdown table with one row per mode: reconstruction time (until the
 avatar is ready to drive), drive ms/frame, FPS, ratio to the baseline, peak memory during the

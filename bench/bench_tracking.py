@@ -4,10 +4,10 @@ Usage::
 
     .venv/bin/python bench/bench_tracking.py --flame FLAME_with_eye.pt [--frames 48] [--threads 2]
 
-Without the real FLAME, the conformance kit's synthetic one has the same sizes (timings do not
-depend on its values)::
+Without the real FLAME, the project's synthetic one has the same sizes (timings do not depend on
+its values)::
 
-    python ../shared/conformance/make_flame_asset.py /tmp/flame.pt --seed 0
+    .venv/bin/gagavatar assets synthesize /tmp/gaga-assets --seed 0   # FLAME_with_eye.pt in there
 
 The clip is the public-domain astronaut photo (scikit-image) shaken by small random motions.
 The baseline is the fit step computed the straightforward way (the whole FLAME mesh, then its

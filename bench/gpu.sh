@@ -12,16 +12,15 @@
 #     the build does, the next call on the same (still warm) machine picks it up. If gsplat cannot
 #     be built, the benchmark runs without the gsplat modes and says so.
 #   * Weights: $GAGA_CHECKPOINT and $GAGA_FLAME when set; else synthetic official-format files are
-#     generated (once, into .cache/gpu-assets) with the conformance kit from $GAGAVATAR_CONFORMANCE,
-#     else ../shared/conformance (absent on the device machine), else a carried copy in
-#     .cache/conformance. Timings do not depend on the weights' values.
+#     generated once into .cache/gpu-assets by the project's own generator (engine/synthetic.py,
+#     as `gagavatar assets synthesize`). Timings do not depend on the weights' values.
 #
 # Run from a session here (ignored paths travel only when carried):
-#   mkdir -p .cache/conformance && cp ../shared/conformance/{make_official_checkpoint.py,make_flame_asset.py,official_state_dict.json} .cache/conformance/
 #   device run: command "bash bench/gpu.sh", timeout_s 600, carry [".venv/lib/python3.11/site-packages/gsplat",
-#               ".venv/lib/python3.11/site-packages/smplx", ".cache/conformance"]
+#               ".venv/lib/python3.11/site-packages/smplx"]
 #
-# Writes $OUT/gpu_bench.md (the markdown table of bench/bench_engine.py, with the machine) and
+# Writes $OUT/gpu_style_unet.md (bench/bench_style_unet.py: the neural renderer against the matmul
+# rate), $OUT/gpu_bench.md (the markdown table of bench/bench_engine.py, with the machine) and
 # $OUT/gpu_bench.log. Knobs: FRAMES (batch of the batched modes, default 16), REPEAT (default 10),
 # GSPLAT_WAIT (seconds to wait for the gsplat build after the weights are ready, default 240: the
 # benchmark itself needs minutes, torch.compile included; a first call may therefore report
@@ -77,17 +76,7 @@ ASSETS=$REPO/.cache/gpu-assets
 CKPT=${GAGA_CHECKPOINT:-$ASSETS/GAGAvatar.pt}
 FLAME=${GAGA_FLAME:-$ASSETS/FLAME_with_eye.pt}
 if [ ! -f "$CKPT" ] || [ ! -f "$FLAME" ]; then
-  KIT=""
-  for d in "${GAGAVATAR_CONFORMANCE:-}" "$REPO/../shared/conformance" "$REPO/.cache/conformance"; do
-    if [ -n "$d" ] && [ -f "$d/make_official_checkpoint.py" ]; then KIT=$d; break; fi
-  done
-  if [ -z "$KIT" ]; then
-    echo "no weights: set GAGA_CHECKPOINT and GAGA_FLAME, or carry the conformance kit in .cache/conformance"
-    exit 1
-  fi
-  mkdir -p "$ASSETS"
-  [ -f "$CKPT" ] || "$PY" "$KIT/make_official_checkpoint.py" "$CKPT" --seed 0 --skip-perceptual || exit 1
-  [ -f "$FLAME" ] || "$PY" "$KIT/make_flame_asset.py" "$FLAME" --seed 0 || exit 1
+  "$PY" -c "import sys; from gagavatar.engine import synthetic; synthetic.synthesize(sys.argv[1], seed=0)" "$ASSETS" || exit 1
 fi
 
 if [ ! -f "$GSPLAT_OK" ]; then
@@ -108,5 +97,7 @@ else
   GSPLAT_FLAG=(--no-gsplat)
 fi
 
-cd "$REPO" && "$PY" bench/bench_engine.py --checkpoint "$CKPT" --flame "$FLAME" --device cuda \
+cd "$REPO" && "$PY" bench/bench_style_unet.py --checkpoint "$CKPT" --flame "$FLAME" --device cuda \
+  --markdown "$OUT/gpu_style_unet.md"
+"$PY" bench/bench_engine.py --checkpoint "$CKPT" --flame "$FLAME" --device cuda \
   --frames "$FRAMES" --repeat "$REPEAT" --markdown "$OUT/gpu_bench.md" "${GSPLAT_FLAG[@]}"

@@ -9,6 +9,7 @@ Public API (imported lazily, so ``import gagavatar.engine`` is cheap)::
     avatar = model.reconstruct(src.crop[None], src.transform[None])
     verts = flame(shape=..., expression=..., pose=..., eyes=...)  # [B, 5023, 3], x5
     frame = model.render(avatar, verts, transform)               # .image [B, 3, 512, 512]
+    engine.keep_large_buffers()   # a script that owns its process: CPU frames reuse their buffers
 
 Sub-packages: :mod:`.networks` (DINOv2 encoder, Gaussian generators, StyleUNet neural renderer),
 :mod:`.splatting` (Gaussian rasterization, torch and gsplat backends, per-frame fast paths),
@@ -47,6 +48,7 @@ __all__, __getattr__, __dir__ = lazy_exports(globals(), {
     "covariance_from_scale_rotation": ".splatting",
     "PRECISIONS": ".splatting",
     "PinnedReadback": ".splatting",
+    "keep_large_buffers": ".host_memory",
     # tracking and driving sequences
     "fit_flame": ".tracking",
     "track_image": ".tracking",

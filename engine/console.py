@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 
 from .errors import Cancelled, GAGAvatarError
+from .host_memory import keep_large_buffers
 
 __all__ = ["progress_bar", "passes_progress", "Parser", "show_warning", "run_command"]
 
@@ -72,7 +73,11 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed subcommand (``args.func``): its exit code, or 130 when cancelled and 2 (with a
-    one-line ``error:`` message on stderr) on a user error or a disk error."""
+    one-line ``error:`` message on stderr) on a user error or a disk error.
+
+    The command line owns its process, so large CPU buffers are kept between frames
+    (:func:`~.host_memory.keep_large_buffers`)."""
+    keep_large_buffers()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning

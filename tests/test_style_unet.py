@@ -163,3 +163,47 @@ def test_backward(small_unet, batch):
         grad = model.get_parameter(name).grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     assert torch.isfinite(inp.grad).all()
+
+
+def test_weights_are_stored_channels_last_and_saved_in_the_official_shapes(small_unet):
+    model, _, _ = small_unet
+    conv = model.stylegan_decoder.style_convs[0].modulated_conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.dim() == 4
+    assert model.conv_body_first.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.state_dict()["stylegan_decoder.style_convs.0.modulated_conv.weight"].dim() == 5
+
+
+def test_demodulation_follows_weight_changes(small_unet):
+    """The style-free demodulation factor is kept between calls: an in-place weight change (an
+    optimiser step, load_state_dict) and a move to another dtype are seen at once."""
+    model, x, ref = small_unet
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model(x)
+        for p in model.stylegan_decoder.parameters():
+            p.mul_(1.1)
+        changed = model(x)
+        fresh = StyleUNet(in_size=64, in_dim=32, out_dim=3, out_size=64).eval()
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(changed, fresh(x), atol=0, rtol=0)
+        assert (changed - ref["image"]).abs().max() > 1e-3
+        model.load_state_dict(copy.deepcopy(small_unet[0]).state_dict())
+        torch.testing.assert_close(model(x), ref["image"], atol=0, rtol=0)
+        doubles = copy.deepcopy(model).double()(x.double())
+    torch.testing.assert_close(doubles.float(), ref["image"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 32, 32), (2, 3, 17, 9), (1, 16, 1, 1)])
+def test_cpu_upsampling_is_bilinear_x2(shape):
+    """The CPU's float32 x2 upsampling (a transposed convolution) is F.interpolate's bilinear
+    ``align_corners=False``, edges included, to float rounding; it also backpropagates."""
+    from gagavatar.engine.networks.style_unet import _resample
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    out = _resample(x, 2.0)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)

@@ -20,6 +20,10 @@ mkdir -p "$RESULTS"
 export GAGAVATAR_RESULTS=$RESULTS
 failed=()
 missing=()
+# The whole run needs about 20 GB of disk (venvs, and each Blender leg's own Install Dependencies:
+# for Python 3.13 a several-GB CUDA torch); say what there is, so that a full disk reads as one.
+free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }'; }
+echo "== disk: $(free_gb .) GB free here, $(free_gb "${TMPDIR:-/tmp}") GB in ${TMPDIR:-/tmp}"
 
 echo "== the suite on Python 3.11 (Blender modules: in the matrix)"
 .venv/bin/python -m pytest -q --junitxml="$RESULTS/py3.11.xml" --ignore-glob='tests/test_blender_*' || failed+=("py3.11")
@@ -38,6 +42,7 @@ else
 fi
 
 for version in ${GAGAVATAR_MATRIX:-4.2.23 4.5.15 5.0.1 5.3.0}; do
+    echo "== disk: $(free_gb "${TMPDIR:-/tmp}") GB free in ${TMPDIR:-/tmp}"
     bash tools/blender_leg.sh "$version"
     case $? in
         0) ;;
