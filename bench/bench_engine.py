@@ -19,8 +19,10 @@ error of the 32 coarse channels). Modes:
 * ``baseline``: the official inference structure: fp32, one frame per call, covariances
   rebuilt every frame (no caching), torch rasterizer.
 * ``cached``: covariances of the static avatar computed once, at reconstruction.
-* ``batched xT``: cached + all T frames in one call; ``+bf16``: StyleUNet under bf16 autocast
-  (modulation and demodulation stay fp32).
+* ``cached +bf16``: one frame per call with the StyleUNet under bf16 autocast (modulation and
+  demodulation stay fp32): what ``precision="auto"`` picks where the hardware has bf16 (Blender's
+  viewport).
+* ``batched xT``: cached + all T frames in one call; ``+bf16`` as above.
 * CUDA only: the same with gsplat, one frame per call and batched, and ``+graphs`` (the neural
   renderer through ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs; compiled once
   per batch size during the warm-up, which is not timed). Also the number of host syncs while
@@ -46,6 +48,7 @@ import torch
 from gagavatar.engine import load_flame, load_model
 from gagavatar.engine.avatar import N_EXPRESSION, Avatar
 from gagavatar.engine.cameras import transform_from_pose
+from gagavatar.engine.host_memory import keep_large_buffers
 from gagavatar.engine.model import GAGAvatar
 from gagavatar.engine.splatting.rasterize import render_gaussians
 
@@ -101,8 +104,8 @@ def modes_for(device: torch.device, frames: int, gsplat: bool = True) -> list[Mo
     CUDA adds the compiled (CUDA-graph) neural renderer and, with ``gsplat``, the gsplat modes.
     """
     T = frames
-    modes = [Mode("baseline", 1, cached=False), Mode("cached", 1), Mode(f"batched x{T}", T),
-             Mode(f"batched x{T} +bf16", T, precision="bf16")]
+    modes = [Mode("baseline", 1, cached=False), Mode("cached", 1), Mode("cached +bf16", 1, precision="bf16"),
+             Mode(f"batched x{T}", T), Mode(f"batched x{T} +bf16", T, precision="bf16")]
     if device.type != "cuda":
         return modes
     modes.append(Mode(f"batched x{T} +bf16 +graphs", T, precision="bf16", compiled=True))
@@ -220,14 +223,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--markdown", type=Path, help="also write the results, as markdown, to this file")
     ap.add_argument("--no-gsplat", action="store_true", help="leave out the gsplat modes (CUDA)")
+    ap.add_argument("--buffers", choices=("keep", "default"), default="keep",
+                    help="glibc's large blocks kept between frames (engine.host_memory, as the command lines) "
+                         "or glibc's default")
     args = ap.parse_args()
+    kept = keep_large_buffers() if args.buffers == "keep" else False
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     header = (f"device: {device_name(device)}; torch {torch.__version__}; {args.frames} frames at 512^2, "
-              f"best of {args.repeat} after a warm-up")
+              f"best of {args.repeat} after a warm-up; large CPU buffers: {'kept' if kept else 'glibc default'}")
     print(header, flush=True)
 
     model = load_model(args.checkpoint, device=device)
