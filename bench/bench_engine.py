@@ -213,26 +213,36 @@ def table(results: list[Result], device: torch.device) -> str:
     return "\n".join(lines)
 
 
+def add_machine_arguments(ap: argparse.ArgumentParser, buffers: tuple[str, ...] = ("keep", "default")) -> None:
+    """``--device``, ``--threads`` and ``--buffers`` (the first of ``buffers`` is the default)."""
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--buffers", choices=buffers, default=buffers[0],
+                    help="glibc's large blocks: kept between frames (engine.host_memory, as the command lines "
+                         "do), glibc's default" + (", or both in turn" if "both" in buffers else ""))
+
+
+def setup_machine(args: argparse.Namespace) -> tuple[torch.device, bool]:
+    """Apply :func:`add_machine_arguments`' options and turn TF32 off: ``(device, buffers kept)``."""
+    kept = keep_large_buffers() if args.buffers == "keep" else False
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.device(args.device), kept
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--flame", required=True)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--frames", type=int, default=4, help="frames driven per mode (= batch of the batched modes)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--markdown", type=Path, help="also write the results, as markdown, to this file")
     ap.add_argument("--no-gsplat", action="store_true", help="leave out the gsplat modes (CUDA)")
-    ap.add_argument("--buffers", choices=("keep", "default"), default="keep",
-                    help="glibc's large blocks kept between frames (engine.host_memory, as the command lines) "
-                         "or glibc's default")
+    add_machine_arguments(ap)
     args = ap.parse_args()
-    kept = keep_large_buffers() if args.buffers == "keep" else False
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    device, kept = setup_machine(args)
     header = (f"device: {device_name(device)}; torch {torch.__version__}; {args.frames} frames at 512^2, "
               f"best of {args.repeat} after a warm-up; large CPU buffers: {'kept' if kept else 'glibc default'}")
     print(header, flush=True)

@@ -41,10 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gagavatar.engine import load_flame, load_model
 from gagavatar.engine.cameras import transform_from_pose
-from gagavatar.engine.host_memory import keep_large_buffers
 from gagavatar.engine.splatting.fastpath import resolve_precision
 
-from bench_engine import DISTANCE, _sync, device_name  # bench/
+from bench_engine import DISTANCE, _sync, add_machine_arguments, device_name, setup_machine  # bench/
 
 MATMUL_SIDE = 2048
 ASSETS = Path(__file__).resolve().parent.parent / ".cache" / "bench-assets"
@@ -89,12 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--flame", type=Path)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--buffers", choices=("both", "keep", "default"), default="both",
-                    help="glibc's large blocks: kept between frames, glibc's default, or both in turn")
     ap.add_argument("--markdown", type=Path, help="also write the results, as markdown, to this file")
+    add_machine_arguments(ap, buffers=("both", "keep", "default"))
     args = ap.parse_args()
     if args.buffers == "both":
         reports = []
@@ -107,12 +103,7 @@ def main() -> None:
         if args.markdown:
             args.markdown.write_text(report)
         return
-    kept = keep_large_buffers() if args.buffers == "keep" else False
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    device, kept = setup_machine(args)
     if args.checkpoint is None or args.flame is None:
         args.checkpoint, args.flame = synthetic_assets()
 
