@@ -1,9 +1,9 @@
 """Keep the engine's large CPU buffers in the process between frames (glibc).
 
-One 512^2 frame allocates and frees dozens of 16-64 MB tensors (the StyleUNet's activations, the
-rasterizer's per-block stacks). glibc serves blocks that large with a fresh ``mmap`` and unmaps them
-on ``free``, so every frame touches new pages: one page fault per 4 KiB, a sixth of a CPU frame on
-a 2-core Xeon (a bilinear upsample to 64 x 512^2 spends two thirds of its time faulting).
+One 512^2 frame allocates and frees dozens of 16-64 MB tensors (the StyleUNet's activations).
+glibc serves blocks that large with a fresh ``mmap`` and unmaps them on ``free``, so every frame
+touches new pages: one page fault per 4 KiB, about a tenth of the StyleUNet's time on a 2-core
+Xeon (a bilinear upsample to 64 x 512^2 spent two thirds of its time faulting).
 :func:`keep_large_buffers` makes glibc take such blocks from its heap and keep the freed ones
 there, so that later frames reuse them once the heap has settled on a layout (a few frames;
 ``bench/bench_style_unet.py`` measures the effect, ``tests/test_host_memory.py`` counts the faults).

@@ -74,11 +74,12 @@ def _resample(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 _BILINEAR_X2 = (0.25, 0.75, 0.75, 0.25)
 """1-D taps of a bilinear x2 upsampling (``align_corners=False``) seen as a stride-2 transposed convolution."""
-_upsample_kernels: dict[tuple, torch.Tensor] = {}
+_upsample_kernels: dict[int, torch.Tensor] = {}
+"""Its depthwise float32 kernels ``[C, 1, 4, 4]`` by channel count."""
 
 
 def _upsample2_cpu(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear x2 upsampling of ``x [B, C, H, W]`` -> ``[B, C, 2H, 2W]`` as oneDNN computes it fastest.
+    """Bilinear x2 upsampling of float32 ``x [B, C, H, W]`` -> ``[B, C, 2H, 2W]`` as oneDNN computes it fastest.
 
     The edge-replicated input through a depthwise stride-2 transposed convolution with the 4 x 4
     outer product of :data:`_BILINEAR_X2` (cropped by 3 on each side) is ``F.interpolate``'s
@@ -88,13 +89,11 @@ def _upsample2_cpu(x: torch.Tensor) -> torch.Tensor:
     :mod:`..host_memory`); in bfloat16 oneDNN's depthwise transposed convolution is the slower one.
     """
     C = x.shape[1]
-    key = (C, x.dtype)
-    kernel = _upsample_kernels.get(key)
+    kernel = _upsample_kernels.get(C)
     if kernel is None:
-        taps = torch.tensor(_BILINEAR_X2, dtype=torch.float64)
-        kernel = (taps[:, None] * taps[None, :]).to(x.dtype).expand(C, 1, 4, 4).contiguous(
-            memory_format=torch.channels_last)
-        _upsample_kernels[key] = kernel
+        taps = torch.tensor(_BILINEAR_X2)
+        kernel = (taps[:, None] * taps[None, :]).expand(C, 1, 4, 4).contiguous(memory_format=torch.channels_last)
+        _upsample_kernels[C] = kernel
     return F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, stride=2, padding=3, groups=C)
 
 
