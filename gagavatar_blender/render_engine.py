@@ -51,6 +51,15 @@ def colour_warning(scene) -> str:
             "use Color Management > View Transform 'Standard', look 'None'")
 
 
+def _write_pass(render_pass, image: np.ndarray) -> None:
+    """Write ``image [H, W, channels]`` (rows top-down) into a render pass, whose rows run bottom-up.
+
+    ``foreach_set`` copies one float32 buffer (assigning ``rect`` converts element by element:
+    seconds for a 1080p frame).
+    """
+    render_pass.rect.foreach_set(np.ascontiguousarray(image[::-1], dtype=np.float32).ravel())
+
+
 class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
     """Neural rendering of GAGAvatar heads."""
 
@@ -103,12 +112,10 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
             return
         result = self.begin_result(0, 0, width, height, layer=layer.name)
         passes = result.layers[0].passes
-        # The result's rows run bottom-up. foreach_set copies a float32 buffer in one go (assigning
-        # ``rect`` converts element by element: seconds for a 1080p frame).
-        passes["Combined"].rect.foreach_set(np.ascontiguousarray(layers.combined[::-1], dtype=np.float32).ravel())
+        _write_pass(passes["Combined"], layers.combined)
         if "Depth" in passes:
-            passes["Depth"].rect.foreach_set(np.ascontiguousarray(layers.depth[::-1], dtype=np.float32).ravel())
-        passes[COARSE_PASS].rect.foreach_set(np.ascontiguousarray(layers.coarse[::-1], dtype=np.float32).ravel())
+            _write_pass(passes["Depth"], layers.depth)
+        _write_pass(passes[COARSE_PASS], layers.coarse)
         self.end_result(result)
         self.update_progress(1.0)
 
