@@ -268,7 +268,7 @@ def main() -> None:
     avatar = recon[True][1]
     with torch.no_grad():
         coarse = uncached_frame(model, avatar, verts[:1], transforms[:1])[1]
-        backends = ("torch", "gsplat") if device.type == "cuda" and not args.no_gsplat else ("torch",)
+        backends = ("torch", "gsplat") if device.type == "cuda" and not args.no_gsplat else ("torch", "cpu")
         parts = [(f"rasterizer {b}", lambda b=b: model.splat(avatar, verts[:1], transforms[:1], backend=b))
                  for b in backends]
         parts += [(f"neural renderer {p}", lambda p=p: model.neural_renderer(coarse, precision=p)) for p in ("fp32", "bf16")]

@@ -5,7 +5,8 @@ planes through the origin facing the camera at distance 9.3, scales 0.004-0.044 
 small end: ``0.004 * 11^(u^4)``), 32 channels.
 The baseline is a straightforward per-pixel loop (Python loop over pixels, each compositing its
 depth-sorted Gaussians front to back with torch ops); it is timed on a subset of pixels in the
-same run and extrapolated per pixel to the full image. On CUDA, gsplat is timed too.
+same run and extrapolated per pixel to the full image. On the CPU the compiled kernel (backend
+``cpu``) is timed too, on CUDA gsplat.
 
 Run: ``.venv/bin/python bench/bench_rasterizer.py [--device cpu|cuda] [--size 512]``.
 """
@@ -104,6 +105,10 @@ def main() -> None:
     print(f"torch rasterizer: {t_ours * 1e3:.1f} ms/frame ({1 / t_ours:.2f} FPS)")
     print(f"per-pixel loop baseline (CPU, {args.baseline_pixels} random pixels, extrapolated): "
           f"{t_base * 1e3:.0f} ms/frame ({1 / t_base:.4f} FPS); speed-up x{t_base / t_ours:.0f}")
+    if dev.type == "cpu":
+        with torch.no_grad():
+            t_cpu = timeit(lambda: render_gaussians(gaussians, transform, size=size, backend="cpu"), args.repeats, sync)
+        print(f"cpu kernel: {t_cpu * 1e3:.1f} ms/frame ({1 / t_cpu:.2f} FPS); torch/cpu x{t_ours / t_cpu:.1f}")
     if dev.type == "cuda":
         t_gs = timeit(lambda: render_gaussians(gaussians, transform, size=size, backend="gsplat"), args.repeats, sync)
         print(f"gsplat: {t_gs * 1e3:.1f} ms/frame ({1 / t_gs:.2f} FPS); torch/gsplat x{t_ours / t_gs:.1f}")

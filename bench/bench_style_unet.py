@@ -18,7 +18,8 @@ Everything is measured in one run, in ``--rounds`` rounds that take each measure
   ``rate = FLOPs / time`` and ``efficiency = rate / matmul rate`` (target: fp32 >= 0.85);
 * ``model.render`` of one frame per call (cached covariances, fp32), and ``rest = render -
   StyleUNet fp32`` (rasterizer, Gaussian assembly, copies), as a ratio to the StyleUNet (target
-  <= 0.35).
+  <= 0.35); the rasterizer alone with the backend ``auto`` picks (on the CPU the compiled kernel,
+  :mod:`engine.splatting.cpu_backend`) and with the torch backend.
 
 ``--buffers`` picks glibc's handling of large blocks (:mod:`engine.host_memory`): ``keep`` (what
 the command lines do), ``default`` (glibc's own: every frame faults its buffers in afresh) or
@@ -42,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from gagavatar.engine import load_flame, load_model
 from gagavatar.engine.cameras import transform_from_pose
 from gagavatar.engine.splatting.fastpath import resolve_precision
+from gagavatar.engine.splatting.rasterize import resolve_backend
 
 from bench_engine import DISTANCE, _sync, add_machine_arguments, device_name, setup_machine  # bench/
 
@@ -130,6 +132,7 @@ def main() -> None:
             "StyleUNet bf16": lambda: model.neural_renderer(coarse, precision="bf16"),
             "render fp32": lambda: model.render(avatar, vertices, view),
             "rasterizer": lambda: model.splat(avatar, vertices, view),
+            "rasterizer torch": lambda: model.splat(avatar, vertices, view, backend="torch"),
         }
         best = rounds(measurements, device, args.rounds)
 
@@ -151,7 +154,8 @@ def main() -> None:
         lines.append(f"| StyleUNet {p} | {t * 1e3:.1f} | {flops / t / 1e9:.0f} | {flops / t / matmul_rate:.2f} | {note} |")
     lines += [
         f"| model.render fp32, one frame | {best['render fp32'] * 1e3:.1f} | | | |",
-        f"| rasterizer alone | {best['rasterizer'] * 1e3:.1f} | | | |",
+        f"| rasterizer alone (backend {resolve_backend('auto', coarse)}) | {best['rasterizer'] * 1e3:.1f} | | | |",
+        f"| rasterizer alone, torch backend | {best['rasterizer torch'] * 1e3:.1f} | | | |",
         "",
         f"rest of the frame (render - StyleUNet fp32): {rest * 1e3:.1f} ms = {rest / unet:.2f} x the StyleUNet "
         f"(target ≤ 0.35)",

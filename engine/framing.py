@@ -255,14 +255,16 @@ def composite(layers: list, k: Intrinsics) -> Layers:
         return out
     xa, ya = min(b[0] for b, _ in layers), min(b[1] for b, _ in layers)
     xb, yb = max(b[2] for b, _ in layers), max(b[3] for b, _ in layers)
-    full = torch.zeros(len(layers), 8, yb - ya, xb - xa)
-    for i, ((x0, y0, x1, y1), planes) in enumerate(layers):
-        full[i, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa] = planes
-    alpha = full[:, 3]
-    depth = torch.where(alpha > _MIN_ALPHA, full[:, 4] / alpha.clamp(min=_MIN_ALPHA), torch.full_like(alpha, math.inf))
-    if len(layers) == 1:
-        acc = full[0]
+    if len(layers) == 1:   # nothing to order: the layer is the result
+        acc = layers[0][1]
+        alpha = acc[3]
+        depth = torch.where(alpha > _MIN_ALPHA, acc[4] / alpha.clamp(min=_MIN_ALPHA), math.inf)[None]
     else:
+        full = torch.zeros(len(layers), 8, yb - ya, xb - xa)
+        for i, ((x0, y0, x1, y1), planes) in enumerate(layers):
+            full[i, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa] = planes
+        alpha = full[:, 3]
+        depth = torch.where(alpha > _MIN_ALPHA, full[:, 4] / alpha.clamp(min=_MIN_ALPHA), math.inf)
         order = torch.argsort(depth, dim=0)
         full = torch.gather(full, 0, order[:, None].expand_as(full))
         depth = torch.gather(depth, 0, order)
@@ -270,8 +272,7 @@ def composite(layers: list, k: Intrinsics) -> Layers:
         acc = (full * transmittance[:, None]).sum(0)
     out.combined[ya:yb, xa:xb] = acc[:4].permute(1, 2, 0).numpy()
     out.coarse[ya:yb, xa:xb] = acc[5:8].permute(1, 2, 0).numpy()
-    out.depth[ya:yb, xa:xb] = torch.where(torch.isinf(depth[0]), torch.full_like(depth[0], BACKGROUND_DEPTH),
-                                          depth[0]).numpy()
+    out.depth[ya:yb, xa:xb] = torch.where(torch.isinf(depth[0]), BACKGROUND_DEPTH, depth[0]).numpy()
     return out
 
 

@@ -100,9 +100,19 @@ def _key(path: Path) -> str:
     return os.path.realpath(path)
 
 
+KERNEL_SUBFOLDER = "cache"
+"""Where the CPU splatting kernel is built (``extension_path_user(<package>, path="cache")``), unless
+``$GAGAVATAR_CACHE_DIR`` names a folder (a render farm's shared one, say)."""
+
+
 def load_model(path: Path, device: str):
-    """The GAGAvatar network at ``path`` on ``device``, cached."""
+    """The GAGAvatar network at ``path`` on ``device``, cached. Points the engine's CPU splatting
+    kernel build at the extension's user folder (the only place the add-on writes to by default)."""
     from ..engine.checkpoints import load_model as load
+    from ..engine.splatting import cpu_backend
+    if not os.environ.get("GAGAVATAR_CACHE_DIR"):
+        cpu_backend.set_cache_dir(bpy.utils.extension_path_user(deps.root_package(), path=KERNEL_SUBFOLDER,
+                                                                create=False))
     return cache.get(("model", _key(path), device), lambda: load(path, device=device))
 
 

@@ -33,9 +33,11 @@ def kit_avatar(kit_model, kit_source):
     return kit_model.reconstruct(*kit_source)
 
 
-@pytest.fixture(scope="module")
-def kit_frame(kit_model, kit_avatar, case):
-    return kit_model.render(kit_avatar, case["outputs"]["flame_vertices"], case["inputs"]["t_transform"][None])
+@pytest.fixture(scope="module", params=["torch", "cpu"])
+def kit_frame(request, kit_model, kit_avatar, case):
+    """The kit's frame rendered with each CPU splatting backend (``cpu``: the compiled kernel)."""
+    return kit_model.render(kit_avatar, case["outputs"]["flame_vertices"], case["inputs"]["t_transform"][None],
+                            backend=request.param)
 
 
 # --- the project's synthetic files ------------------------------------------------------------------
@@ -121,7 +123,8 @@ def test_splat_float32_mode_matches_official(kit_model, kit_avatar, case, kit, m
     """The rasterizer's float32 mode (devices without float64: Apple MPS) meets the same statistical criteria."""
     monkeypatch.setattr(torch_backend, "has_float64", lambda device: False)
     pipe = case["outputs"]["pipeline"]
-    frame = kit_model.render(kit_avatar, case["outputs"]["flame_vertices"], case["inputs"]["t_transform"][None])
+    frame = kit_model.render(kit_avatar, case["outputs"]["flame_vertices"], case["inputs"]["t_transform"][None],
+                             backend="torch")
     kit.compare.check_stats(pipe["render_32ch"], frame.coarse, "pipeline_render")
     kit.compare.check_stats(pipe["render_32ch_crop"], frame.coarse[0, :, 250:258, 250:258], "pipeline_render")
     kit.compare.check_stats(pipe["gen_image"], frame.coarse[:, :3], "pipeline_gen")

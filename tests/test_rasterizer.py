@@ -288,15 +288,6 @@ def test_gsplat_needs_cuda(scene):
                          backend="gsplat")
 
 
-def test_auto_uses_torch_on_cpu(scene):
-    g = _gaussians(scene)
-    a = render_gaussians(g, scene["inputs"]["cam_matrix"], size=(24, 24))
-    t = render_gaussians(g, scene["inputs"]["cam_matrix"], size=(24, 24), backend="torch")
-    assert torch.equal(a.features, t.features)
-    with pytest.raises(ValueError):
-        render_gaussians(g, scene["inputs"]["cam_matrix"], size=(24, 24), backend="cycles")
-
-
 @pytest.mark.parametrize("exact", [True, False])
 def test_dense_offcentre_scene_matches_port(kit, exact):
     # deep overlapping stacks (early stop), non-square, per-axis focal, principal-point offset, chunking

@@ -50,6 +50,7 @@ features by at most 3.6e-7, radii identical) and passes the conformance kit's st
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -193,6 +194,15 @@ def preprocess(means: Tensor, covars: Tensor, viewmatrix: Tensor, projmatrix: Te
     }
 
 
+def depth_order(pre: dict[str, Tensor]) -> Tensor:
+    """``[K]`` the visible Gaussians (:func:`preprocess`'s ``valid``) by view depth, ties by index:
+    the kernel's compositing order. Visible depths are floats above ``NEAR > 0``, whose bit
+    patterns sort as int32 in the same order (8x faster than sorting the floats)."""
+    idx = torch.nonzero(pre["valid"]).squeeze(1)
+    keys = pre["depth"].float().index_select(0, idx).view(torch.int32)
+    return idx.index_select(0, torch.sort(keys, stable=True).indices)
+
+
 def _risky_conic(conic: Tensor, exact: bool) -> Tensor:
     """``[N]`` bool: rounding may make ``power > 0`` (the conic is not safely positive definite).
 
@@ -228,8 +238,7 @@ class _Footprints:
     """
 
     def __init__(self, pre: dict[str, Tensor], opacity: Tensor, height: int, width: int, exact: bool):
-        idx = torch.nonzero(pre["valid"]).squeeze(1)
-        idx = idx.index_select(0, torch.sort(pre["depth"].index_select(0, idx), stable=True).indices)
+        idx = depth_order(pre)
         g = torch.cat([pre["means2D"], pre["cov2D"], pre["conic"], opacity.float()[:, None]], 1).index_select(0, idx)
         mean, cov, conic, o = (g.double() if exact else g).split([2, 3, 3, 1], 1)
         risky = _risky_conic(conic, exact)
@@ -562,8 +571,8 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
 
 def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, viewmatrix: Tensor,
               projmatrix: Tensor, tanfovx: float, tanfovy: float, height: int, width: int,
-              background: Tensor | None = None, max_pairs: int = MAX_PAIRS, exact: bool | None = None
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              background: Tensor | None = None, max_pairs: int = MAX_PAIRS, exact: bool | None = None,
+              composite: Callable[..., tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Render ``B`` cameras of ``B`` Gaussian sets exactly like the official CUDA forward.
 
     Args:
@@ -580,6 +589,8 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
         exact: ``True``: float64 where the kernel's arithmetic needs it (``ndc2Pix``, ``power``, the
             footprint bounds); ``False``: float32 only (see the module docstring), for devices
             without float64; ``None``: ``True`` where :func:`has_float64`.
+        composite: ``(pre, colors [N, C], opacity [N], height, width) -> (acc [C+1, H, W], final_T
+            [H, W])`` compositing one camera instead of the torch code (the CPU backend's kernel).
 
     Returns:
         ``(features [B, C, H, W], alpha [B, 1, H, W] = 1 - final T, depth [B, 1, H, W],
@@ -592,7 +603,10 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
     feats, alphas, depths, radii = [], [], [], []
     for b in range(B):
         pre = preprocess(means[b], covars[b], viewmatrix[b], projmatrix[b], tanfovx, tanfovy, height, width, exact)
-        acc, final_t = _composite_camera(pre, colors[b], opac[b], height, width, max_pairs, exact)
+        if composite is None:
+            acc, final_t = _composite_camera(pre, colors[b], opac[b], height, width, max_pairs, exact)
+        else:
+            acc, final_t = composite(pre, colors[b], opac[b], height, width)
         img = acc[:C]
         if background is not None:
             img = img + final_t[None] * background[b].float()[:, None, None]
@@ -601,7 +615,8 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
         alphas.append(alpha)
         depths.append(torch.where(alpha > 0, acc[C:] / alpha.clamp(min=1e-30), torch.zeros_like(alpha)))
         radii.append(pre["radii"])
-    return torch.stack(feats), torch.stack(alphas), torch.stack(depths), torch.stack(radii)
+    stack = lambda ts: ts[0][None] if len(ts) == 1 else torch.stack(ts)  # noqa: E731  (one camera: no copy)
+    return stack(feats), stack(alphas), stack(depths), stack(radii)
 
 
 def has_float64(device: torch.device) -> bool:

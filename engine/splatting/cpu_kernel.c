@@ -1,0 +1,249 @@
+/* The official 32-channel 3DGS forward's tile binning and per-pixel compositing, for the CPU.
+ *
+ * Built on first use by cpu_backend.py with the system's C compiler (C99 with the GCC/Clang vector
+ * extensions; no Python or torch headers) and called through ctypes, which releases the GIL, so
+ * cpu_backend.py runs disjoint Gaussian and tile ranges on several threads. Inputs are the
+ * preprocessed Gaussians of one camera in compositing order (view depth, ties by index). Per
+ * (Gaussian, pixel) the arithmetic is the official kernel's float32 code, operation by operation
+ * (built without FMA contraction or fast-math), with exp as a polynomial within about 1 ulp.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TILE 16
+#define PREFETCH 8   /* list entries fetched ahead */
+#define ALPHA_MAX 0.99f
+#define ALPHA_MIN (1.0f / 255.0f)
+#define T_MIN 0.0001f
+#define MARGIN_REL 1e-4            /* the torch backend's _MARGIN_REL, _MARGIN_PX, _F32_REL, _F32_ABS */
+#define MARGIN_PX 1e-3
+#define F32_REL (32.0 / 16777216.0)
+#define F32_ABS (8.0 / 16777216.0)
+
+#ifdef _WIN32
+#define EXPORT __declspec(dllexport)
+#else
+#define EXPORT
+#endif
+
+/* Whether rounding may make power > 0 somewhere: the conic is not safely positive definite. */
+static int risky_conic(double a, double b, double c) {
+    return !(a > 0.0 && c > 0.0 && b * b < (1.0 - 1e-5) * a * c && isfinite(a) && isfinite(b) && isfinite(c));
+}
+
+/* Pixel boxes and per-tile list lengths of Gaussians [i0, i1).
+ *
+ * xy [n, 2] pixels; conic [n, 3] (a, b, c); cov [n, 3] 2D covariance (a, b, c, pixels^2);
+ * opacity [n]; rect [n, 4] the kernel's tile rect x0, y0, x1, y1 (tiles, exclusive). Writes
+ * box [n, 4] inclusive pixel box x0, x1, y0, y1: the tile rect clipped to the image and to the
+ * bounding box of the ellipse d^T conic d <= 2 ln(255 o) outside which alpha < 1/255 (the whole
+ * rect for risky conics), empty when x1 < x0, and adds each Gaussian to the counts
+ * [tiles_y * tiles_x] of the tiles its box touches. The ellipse is widened as the torch
+ * backend's float32 mode widens it (MARGIN_*, F32_*), against the float32 rounding of power,
+ * which grows as 1 / (1 - rho^2) for correlated conics. Returns the number of (Gaussian, tile) pairs.
+ */
+EXPORT int64_t gag_bin_count(int32_t i0, int32_t i1, const float *xy, const float *conic, const float *cov,
+                             const float *opacity, const int32_t *rect, int32_t width, int32_t height,
+                             int32_t *box, int64_t *counts) {
+    const int32_t tiles_x = (width + TILE - 1) / TILE;
+    int64_t total = 0;
+    for (int32_t i = i0; i < i1; i++) {
+        int32_t *bx = box + 4 * (int64_t)i;
+        int32_t x0 = rect[4 * i] * TILE, y0 = rect[4 * i + 1] * TILE;
+        int32_t x1 = rect[4 * i + 2] * TILE, y1 = rect[4 * i + 3] * TILE;   /* exclusive */
+        const double mx = xy[2 * i], my = xy[2 * i + 1], a = conic[3 * i], b = conic[3 * i + 1], c = conic[3 * i + 2];
+        bx[0] = 0; bx[1] = -1; bx[2] = 0; bx[3] = -1;
+        if (!isfinite(mx) || !isfinite(my) || !(opacity[i] >= ALPHA_MIN)) continue;   /* alpha <= o < 1/255 */
+        if (!risky_conic(a, b, c)) {
+            const double o255 = (double)opacity[i] * 255.0;
+            const double rel = MARGIN_REL + F32_REL / (1.0 - (b / a) * (b / c));
+            const double lim = 2.0 * log(o255 > 1.0 ? o255 : 1.0) * (1.0 + rel) + 1e-6;
+            const double va = cov[3 * i] > 0.0f ? cov[3 * i] : 0.0, vc = cov[3 * i + 2] > 0.0f ? cov[3 * i + 2] : 0.0;
+            double ex = sqrt(lim * va), ey = sqrt(lim * vc);
+            const double margin = MARGIN_PX + F32_ABS * (fmax(fabs(mx), fabs(my)) + fmax(ex, ey));
+            ex += margin;
+            ey += margin;
+            const double lx = ceil(mx - ex), hx = floor(mx + ex) + 1.0, ly = ceil(my - ey), hy = floor(my + ey) + 1.0;
+            if (lx > x0) x0 = lx > x1 ? x1 : (int32_t)lx;
+            if (hx < x1) x1 = hx < x0 ? x0 : (int32_t)hx;
+            if (ly > y0) y0 = ly > y1 ? y1 : (int32_t)ly;
+            if (hy < y1) y1 = hy < y0 ? y0 : (int32_t)hy;
+        }
+        if (x1 > width) x1 = width;
+        if (y1 > height) y1 = height;
+        if (x0 < 0) x0 = 0;
+        if (y0 < 0) y0 = 0;
+        if (x1 <= x0 || y1 <= y0) continue;
+        bx[0] = x0; bx[1] = x1 - 1; bx[2] = y0; bx[3] = y1 - 1;
+        for (int32_t ty = y0 / TILE; ty <= (y1 - 1) / TILE; ty++)
+            for (int32_t tx = x0 / TILE; tx <= (x1 - 1) / TILE; tx++) {
+                counts[(int64_t)ty * tiles_x + tx]++;
+                total++;
+            }
+    }
+    return total;
+}
+
+/* Appends Gaussians [i0, i1), in order, to the lists of the tiles their boxes touch.
+ *
+ * cursor [tiles]: where each tile's next entry goes in list (advanced); the ranges of several
+ * calls do not overlap when each starts at its tile's offset plus the earlier ranges' counts.
+ */
+EXPORT void gag_bin_fill(int32_t i0, int32_t i1, const int32_t *box, int32_t width, int64_t *cursor, int32_t *list) {
+    const int32_t tiles_x = (width + TILE - 1) / TILE;
+    for (int32_t i = i0; i < i1; i++) {
+        const int32_t *bx = box + 4 * (int64_t)i;
+        if (bx[1] < bx[0]) continue;
+        for (int32_t ty = bx[2] / TILE; ty <= bx[3] / TILE; ty++)
+            for (int32_t tx = bx[0] / TILE; tx <= bx[1] / TILE; tx++)
+                list[cursor[(int64_t)ty * tiles_x + tx]++] = i;
+    }
+}
+
+/* A tile row is cut into SEGS segments of LANES pixels, one vector each (GCC/Clang vector
+ * extensions, lowered to the SIMD of the machine the kernel is built on: cpu_backend.py builds with
+ * -march=native where the compiler takes it). */
+#ifndef LANES   /* any width gives the same results, bit for bit: the arithmetic is per lane */
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4   /* SSE, NEON */
+#endif
+#endif
+#define SEGS (TILE / LANES)
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
+
+static inline vf select(vi mask, vf yes, vf no) { return (vf)((mask & (vi)yes) | (~mask & (vi)no)); }
+
+/* Whether any lane of the mask is set (lanes OR-ed 64 bits at a time). */
+static inline int any(vi mask) {
+    uint64_t u[LANES / 2], r = 0;
+    memcpy(u, &mask, sizeof u);
+    for (int i = 0; i < LANES / 2; i++) r |= u[i];
+    return r != 0;
+}
+
+/* Number of lanes of the mask set. */
+static inline int32_t count(vi mask) {
+    int32_t n = 0;
+    for (int i = 0; i < LANES; i++) n -= mask[i];
+    return n;
+}
+
+/* exp(x) for float x <= 0, per lane, within about 1 ulp (Cody-Waite reduction by ln 2, Cephes'
+ * degree-6 polynomial); below -60 it is exp(-60), above 0 it is 1 (lanes the caller skips), NaN
+ * stays NaN. Clamped so that o exp(x) for o >= 1e-6 stays a normal float: denormal arithmetic
+ * costs a hundred cycles a lane on x86, and alpha < 1/255 (skipped) either way. */
+static inline vf exp_neg(vf x) {
+    const vf lo = (vf){0} - 60.0f, hi = (vf){0};
+    x = select(x < lo, lo, select(x > hi, hi, x));
+    const vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round(x / ln 2) */
+    const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return p * (vf)((__builtin_convertvector(n, vi) + 127) << 23);   /* times 2^n */
+}
+
+/* Composite tiles [t0, t1) front to back, as the kernel's renderCUDA.
+ *
+ * box, starts and list: gag_bin_count's and gag_bin_fill's (starts [tiles + 1] the lists' offsets).
+ * The channels composited are colors [*, channels] of the Gaussians' original rows order [n], then
+ * their view depth [n] (k = channels + 1 in all, in passes of 64); out [k, height, width] receives
+ * sum(f alpha T) and final_t [height, width] the transmittance left. Each Gaussian is evaluated on
+ * the tile rows its box covers, LANES pixels at a time (pixels outside the box are skipped); a
+ * tile stops when all its pixels have.
+ */
+EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t height, const float *xy,
+                             const float *conic, const float *opacity, const int32_t *box,
+                             const int64_t *starts, const int32_t *list, const float *colors,
+                             const int64_t *order, const float *depth, int32_t channels,
+                             float *out, float *final_t) {
+    const int32_t tiles_x = (width + TILE - 1) / TILE, k = channels + 1;
+    vf acc[TILE * SEGS * 64];   /* [segment][channel]: sum(f alpha T) of the segment's pixels */
+    vf T[TILE * SEGS], live[TILE * SEGS], alpha[TILE * SEGS];   /* live: all bits set, 0 once a pixel is done */
+    vi lane;
+    for (int i = 0; i < LANES; i++) lane[i] = i;
+    const vf lane_f = __builtin_convertvector(lane, vf);
+    const int64_t plane = (int64_t)width * height;
+    for (int32_t t = t0; t < t1; t++) {
+        const int32_t tx0 = (t % tiles_x) * TILE, ty0 = (t / tiles_x) * TILE;
+        const int32_t tw = width - tx0 < TILE ? width - tx0 : TILE, th = height - ty0 < TILE ? height - ty0 : TILE;
+        for (int32_t ch0 = 0; ch0 < k; ch0 += 64) {   /* channels in groups of 64 (one pass for k <= 64) */
+            const int32_t kc = k - ch0 < 64 ? k - ch0 : 64;
+            memset(acc, 0, sizeof(vf) * TILE * SEGS * (size_t)kc);
+            for (int32_t i = 0; i < TILE * SEGS; i++) {
+                T[i] = (vf){0} + 1.0f;
+                live[i] = (vf)((vi){0} - 1);
+            }
+            int32_t left = tw * th;
+            for (int64_t j = starts[t]; j < starts[t + 1] && left > 0; j++) {
+                const int32_t g = list[j];
+                if (j + PREFETCH < starts[t + 1]) {   /* lists jump through memory: fetch ahead */
+                    const int64_t h = list[j + PREFETCH];
+                    __builtin_prefetch(box + 4 * h);
+                    __builtin_prefetch(xy + 2 * h);
+                    __builtin_prefetch(conic + 3 * h);
+                    __builtin_prefetch(opacity + h);
+                    for (int32_t ch = 0; ch < channels; ch += 16) __builtin_prefetch(colors + order[h] * channels + ch);
+                    __builtin_prefetch(depth + h);
+                }
+                const int32_t *bx = box + 4 * (int64_t)g;
+                const int32_t ya = bx[2] > ty0 ? bx[2] : ty0, yb = bx[3] < ty0 + th - 1 ? bx[3] : ty0 + th - 1;
+                const float my = xy[2 * g + 1], a = conic[3 * g], b = conic[3 * g + 1], c = conic[3 * g + 2];
+                vi in_box[SEGS];   /* the box lies inside the image */
+                vf adx2[SEGS], bdx[SEGS];
+                for (int q = 0; q < SEGS; q++) {
+                    in_box[q] = (lane >= bx[0] - tx0 - q * LANES) & (lane <= bx[1] - tx0 - q * LANES);
+                    const vf dx = xy[2 * g] - (lane_f + (float)(tx0 + q * LANES));
+                    adx2[q] = a * dx * dx;
+                    bdx[q] = b * dx;
+                }
+                const float o = opacity[g] > 1e-6f ? opacity[g] : 1e-6f;   /* alpha < 1/255 either way */
+                const float *restrict f = colors + order[g] * channels + ch0;   /* ch0 .. ch0 + kf: colours */
+                const int32_t kf = channels - ch0 < kc ? channels - ch0 : kc;
+                const float z = depth[g];
+                for (int32_t y = ya; y <= yb; y++) {   /* alpha for the rows (independent, so they overlap) */
+                    const float dy = my - (float)y, cdy2 = c * dy * dy;
+                    for (int q = 0; q < SEGS; q++) {
+                        if (!any((vi)live[(y - ty0) * SEGS + q])) continue;   /* all done: alpha unused */
+                        const vf power = -0.5f * (adx2[q] + cdy2) - bdx[q] * dy;   /* the kernel's expression */
+                        vf al = o * exp_neg(power);
+                        al = select(al > ALPHA_MAX, (vf){0} + ALPHA_MAX, al);
+                        /* skipped (0): outside the box, power > 0 or NaN, alpha < 1/255 */
+                        alpha[(y - ty0) * SEGS + q] = select(in_box[q] & (power <= 0.0f) & (al >= ALPHA_MIN), al, (vf){0});
+                    }
+                }
+                for (int32_t s = (ya - ty0) * SEGS; s < (yb - ty0 + 1) * SEGS; s++) {   /* the kernel's step */
+                    const vf al = alpha[s], t_in = T[s], test_t = t_in * (1.0f - al);
+                    const vi used = (al != 0.0f) & (vi)live[s];   /* not skipped, pixel not done */
+                    if (!any(used)) continue;
+                    const vi stop = used & (test_t < T_MIN), add = used & ~stop;
+                    const vf weight = select(add, al * t_in, (vf){0});
+                    T[s] = select(add, test_t, t_in);
+                    if (any(stop)) {
+                        live[s] = select(stop, (vf){0}, live[s]);
+                        left -= count(stop);
+                    }
+                    vf *restrict seg_acc = acc + s * kc;
+                    for (int32_t ch = 0; ch < kf; ch++) seg_acc[ch] += f[ch] * weight;
+                    if (kf < kc) seg_acc[kf] += z * weight;   /* the depth channel */
+                }
+            }
+            for (int32_t y = 0; y < th; y++)   /* the tile's rows into the planes, a segment at a time */
+                for (int q = 0; q < SEGS && q * LANES < tw; q++) {
+                    const int32_t s = y * SEGS + q, n = tw - q * LANES < LANES ? tw - q * LANES : LANES;
+                    const int64_t at = (int64_t)(ty0 + y) * width + tx0 + q * LANES;
+                    for (int32_t ch = 0; ch < kc; ch++) memcpy(out + (ch0 + ch) * plane + at, &acc[s * kc + ch], n * sizeof(float));
+                    if (ch0 == 0) memcpy(final_t + at, &T[s], n * sizeof(float));
+                }
+        }
+    }
+}

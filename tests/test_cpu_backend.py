@@ -1,0 +1,251 @@
+"""The CPU backend (the official kernel's compositing compiled from C): against the conformance kit's
+port and references, against the torch backend, its dispatch (``auto``), and how it is built, cached
+and refused."""
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_from_pose
+from gagavatar.engine.splatting import cpu_backend, torch_backend
+from gagavatar.engine.splatting.covariance import covariance_from_scale_rotation
+from gagavatar.engine.splatting.rasterize import render_gaussians
+
+
+def _scene(n=3000, channels=32, seed=0):
+    """Seeded Gaussians in a 1.2-unit cube with the kit render case's spread of scales and opacities."""
+    g = torch.Generator().manual_seed(seed)
+    return {"xyz": torch.empty(1, n, 3).uniform_(-0.6, 0.6, generator=g),
+            "colors": torch.empty(1, n, channels).uniform_(-1.4, 1.4, generator=g),
+            "opacities": torch.empty(1, n, 1).uniform_(0.002, 0.999, generator=g),
+            "scales": torch.exp(torch.empty(1, n, 3).uniform_(-4.9, -1.2, generator=g)),
+            "rotations": torch.nn.functional.normalize(torch.randn(1, n, 4, generator=g), dim=-1)}
+
+
+CAMERA = transform_from_pose(torch.tensor([0.05, 0.15, 0.02]), torch.tensor([0.02, -0.03, 9.3]))[None]
+
+
+@pytest.fixture(scope="module")
+def lib():
+    built = cpu_backend.library()
+    assert built is not None, f"the CPU kernel did not build here: {cpu_backend.unavailable_reason()}"
+    return built
+
+
+def _kit_render(case, size, backend, background=None):
+    i = case["inputs"]
+    g = {"xyz": i["means"][None], "colors": i["colors"][None], "opacities": i["opacities"][None],
+         "scales": i["scales"][None], "rotations": i["quats"][None]}
+    return render_gaussians(g, i["cam_matrix"][None], focal=case["settings"]["focal"], size=(size, size),
+                            background=background, backend=backend)
+
+
+@pytest.mark.parametrize("size", [128, 40])
+def test_render_case_matches_official(lib, kit, render_case, size):
+    o = render_case["outputs"]
+    r = _kit_render(render_case, size, "cpu")
+    kit.compare.check_stats(o[f"image_{size}x{size}"], r.features[0], "render_case")
+    assert torch.equal(r.radii[0], o[f"radii_{size}x{size}"].to(torch.int32))
+    assert (r.alpha[0, 0] - (1 - o[f"final_T_{size}x{size}"])).abs().max() < 1e-5
+
+
+def test_render_case_background(lib, kit, render_case):
+    o = render_case["outputs"]
+    r = _kit_render(render_case, 128, "cpu", background=o["bg_for_image_128x128_bg"])
+    kit.compare.check_stats(o["image_128x128_bg"], r.features[0], "render_case")
+
+
+def test_dense_offcentre_scene_matches_port(lib, kit):
+    """Deep overlapping stacks (early stop), a non-square image that is no multiple of the tile,
+    per-axis focal and a principal-point offset, 4 channels."""
+    gen = torch.Generator().manual_seed(3)
+    n = 1500
+    g = {"xyz": torch.randn(1, n, 3, generator=gen) * 0.3, "colors": torch.rand(1, n, 4, generator=gen),
+         "opacities": torch.rand(1, n, 1, generator=gen), "scales": 0.01 + 0.05 * torch.rand(1, n, 3, generator=gen),
+         "rotations": torch.randn(1, n, 4, generator=gen)}
+    tr = look_at_transform((0.5, 0.3, 6.0))[None]
+    focal, center, H, W = (4.0, 5.0), (0.15, -0.1), 40, 56
+    V, P, _ = build_camera_matrices(tr, focal, center)
+    cov = covariance_from_scale_rotation(g["scales"][0], g["rotations"][0])
+    ref, radii = kit.reference_rasterizer.render(g["xyz"][0], g["colors"][0], g["opacities"][0], V[0], P[0],
+                                                 1 / focal[0], 1 / focal[1], H, W,
+                                                 cov3D_precomp=cov.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]])
+    mine = render_gaussians(g, tr, focal=focal, size=(H, W), center=center, backend="cpu")
+    assert torch.equal(mine.radii[0], radii)
+    kit.compare.check_stats(ref, mine.features[0], "render_case")
+    assert (mine.alpha > 0.99).float().mean() > 0.1     # many pixels stop early
+
+
+def test_early_stop_and_alpha_clamp(lib):
+    """Coincident opaque Gaussians: alpha clamps at 0.99, and the second would leave T = 0.01 * 0.01,
+    just under 1e-4 in float32, so compositing stops before it (the kernel's values, exactly)."""
+    n = 6
+    g = {"xyz": torch.zeros(1, n, 3), "colors": torch.arange(1.0, n + 1)[None, :, None],
+         "opacities": torch.ones(1, n, 1), "scales": torch.full((1, n, 3), 0.05),
+         "rotations": torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4)}
+    g["xyz"][0, :, 2] = torch.linspace(0.0, 0.5, n)    # nearer to the camera = larger index
+    r = render_gaussians(g, look_at_transform((0.0, 0.0, 5.0))[None], size=(9, 9), backend="cpu")
+    assert math.isclose(float(r.features[0, 0, 4, 4]), n * 0.99, rel_tol=1e-6)   # front-most only
+    assert float(r.alpha[0, 0, 4, 4]) == pytest.approx(0.99, rel=1e-6)
+    t = render_gaussians(g, look_at_transform((0.0, 0.0, 5.0))[None], size=(9, 9), backend="torch")
+    assert torch.allclose(r.features, t.features, atol=1e-6) and torch.allclose(r.depth, t.depth, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels,size", [(32, (64, 64)), (70, (48, 80)), (1, (17, 33))])
+def test_agrees_with_the_torch_backend(lib, channels, size):
+    """Float rounding apart (the torch backend's power is the float64 value rounded once, the kernel's
+    the official float32 expression), the two backends composite the same; more than 64 channels
+    take two passes over the lists."""
+    g = _scene(channels=channels)
+    c = render_gaussians(g, CAMERA, focal=5.0, size=size, backend="cpu")   # the cube fills half the image
+    t = render_gaussians(g, CAMERA, focal=5.0, size=size, backend="torch")
+    assert torch.equal(c.radii, t.radii)
+    for a, b in ((c.features, t.features), (c.alpha, t.alpha), (c.depth, t.depth)):
+        err = (a - b).abs() / (1.0 + b.abs())   # depth is ~9 units
+        assert err.mean() < 1e-6 and (err > 1e-4).float().mean() < 1e-3, (err.mean(), err.max())
+    assert c.alpha.max() > 0.99 and c.alpha.min() == 0.0   # opaque and empty pixels both occur
+
+
+def test_same_result_on_any_number_of_threads(lib):
+    g = _scene()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = render_gaussians(g, CAMERA, size=(96, 96), backend="cpu")
+        torch.set_num_threads(3)
+        three = render_gaussians(g, CAMERA, size=(96, 96), backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one.features, three.features) and torch.equal(one.alpha, three.alpha)
+
+
+def test_nothing_visible(lib):
+    g = _scene(n=50)
+    behind = look_at_transform((0.0, 0.0, -9.0), at=(0.0, 0.0, -20.0))[None]   # everything behind the camera
+    r = render_gaussians(g, behind, size=(32, 32), backend="cpu", background=torch.full((32,), 0.5))
+    assert (r.radii == 0).all() and (r.alpha == 0).all() and (r.features == 0.5).all() and (r.depth == 0).all()
+
+
+def test_auto_picks_cpu_without_gradients_and_torch_with(lib, monkeypatch):
+    g = _scene(n=400)
+    calls = []
+    monkeypatch.setattr(cpu_backend, "composite_camera",
+                        lambda *a, f=cpu_backend.composite_camera: calls.append(1) or f(*a))
+    auto = render_gaussians(g, CAMERA, size=(24, 24))
+    assert calls and torch.equal(auto.features, render_gaussians(g, CAMERA, size=(24, 24), backend="cpu").features)
+    calls.clear()
+    g["colors"].requires_grad_(True)
+    out = render_gaussians(g, CAMERA, size=(24, 24))
+    assert not calls and out.features.requires_grad
+    out.features.sum().backward()
+    assert g["colors"].grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="no backward: use backend 'torch'"):
+        render_gaussians(g, CAMERA, size=(24, 24), backend="cpu")
+    with torch.no_grad():
+        render_gaussians(g, CAMERA, size=(24, 24))
+    assert calls
+    with pytest.raises(ValueError, match="'auto', 'torch', 'cpu' or 'gsplat'"):
+        render_gaussians(g, CAMERA, size=(24, 24), backend="cycles")
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """A fresh kernel state building into ``tmp_path`` (restored afterwards)."""
+    monkeypatch.setenv("GAGAVATAR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    cpu_backend.reset()
+    yield tmp_path
+    cpu_backend.reset()
+
+
+def test_built_once_and_cached(fresh):
+    first = cpu_backend.library()
+    assert first is not None
+    built = list((fresh / "kernels").iterdir())
+    assert len(built) == 1 and built[0].name.startswith("cpu_kernel-")
+    stamp = built[0].stat().st_mtime_ns
+    cpu_backend.reset()
+    assert cpu_backend.library() is not None
+    assert list((fresh / "kernels").iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+def test_other_processes_reuse_the_build(fresh):
+    """A second process (a farm node sharing the cache folder) loads the file the first one built."""
+    cpu_backend.library()
+    code = ("import subprocess, sys; from gagavatar.engine.splatting import cpu_backend;"
+            "run = subprocess.run; subprocess.run = lambda cmd, *a, **k: (print('ran', cmd[1:2], file=sys.stderr),"
+            " run(cmd, *a, **k))[1]; assert cpu_backend.library() is not None")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert "--version" in out.stderr and "-march" not in out.stderr and "-O3" not in out.stderr   # asked, not built
+    assert len(list((fresh / "kernels").iterdir())) == 1
+
+
+@pytest.mark.parametrize("cc,reason", [("/nonexistent/cc", "does not run"), ("false", "failed")])
+def test_no_compiler_falls_back_to_torch_with_one_warning(fresh, monkeypatch, cc, reason):
+    monkeypatch.setenv("CC", cc)
+    g = _scene(n=300)
+    with pytest.warns(RuntimeWarning, match="CPU splatting kernel is unavailable.*torch rasterizer") as caught:
+        auto = render_gaussians(g, CAMERA, size=(24, 24))
+    assert len(caught) == 1 and reason in cpu_backend.unavailable_reason()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # said once per process
+        again = render_gaussians(g, CAMERA, size=(24, 24))
+    torch_only = render_gaussians(g, CAMERA, size=(24, 24), backend="torch")
+    assert torch.equal(auto.features, torch_only.features) and torch.equal(again.features, torch_only.features)
+    assert not [p for p in fresh.rglob("*") if p.is_file()]   # no half-built file left
+    with pytest.raises(RuntimeError, match="unavailable.*use backend 'torch'"):
+        render_gaussians(g, CAMERA, size=(24, 24), backend="cpu")
+
+
+def test_turned_off_by_environment(fresh, monkeypatch):
+    monkeypatch.setenv("GAGAVATAR_CPU_KERNEL", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # off on purpose: nothing to warn about
+        assert cpu_backend.library() is None
+    assert cpu_backend.unavailable_reason() == "GAGAVATAR_CPU_KERNEL=0"
+    assert not (fresh / "kernels").exists()
+
+
+def test_unwritable_cache_folder(fresh, monkeypatch):
+    blocker = fresh / "file"
+    blocker.write_text("not a folder")
+    cpu_backend.set_cache_dir(blocker)
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot write to"):
+            assert cpu_backend.library() is None
+    finally:
+        cpu_backend.set_cache_dir(None)
+
+
+def test_every_vector_width_gives_the_same_bits(lib, tmp_path):
+    """4, 8 or 16 pixels per vector (SSE/NEON, AVX2, AVX-512 builds) and the CPU's own build composite
+    bit for bit alike: frames rendered on different farm machines match."""
+    cc = cpu_backend._compiler()
+    g = _scene(n=2000, channels=70)   # two channel groups
+    outs = []
+    for lanes in (4, 8, 16):
+        path = tmp_path / f"lanes{lanes}.so"
+        subprocess.run([cc, *cpu_backend.FLAGS, f"-DLANES={lanes}", "-o", str(path), str(cpu_backend.SOURCE), "-lm"],
+                       check=True, capture_output=True)
+        build = cpu_backend.load(path)
+        outs.append(torch_backend.rasterize(*_camera_args(g), composite=lambda pre, c, o, h, w, b=build:
+                                            cpu_backend.composite_camera(b, pre, c, o, h, w)))
+    outs.append(torch_backend.rasterize(*_camera_args(g), composite=lambda pre, c, o, h, w:
+                                        cpu_backend.composite_camera(lib, pre, c, o, h, w)))
+    assert outs[0][1].min() < 0.5 < outs[0][1].max()
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.equal(a, b)
+
+
+def _camera_args(g, size=(40, 72), focal=5.0):
+    """``torch_backend.rasterize``'s positional arguments for ``g`` seen by ``CAMERA``."""
+    V, P, _ = build_camera_matrices(CAMERA, focal)
+    cov = covariance_from_scale_rotation(g["scales"], g["rotations"])
+    tf = torch_backend.tan_half_fov(focal)
+    return g["xyz"], cov, g["colors"], g["opacities"], V, P, tf, tf, *size
