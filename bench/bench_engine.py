@@ -101,11 +101,15 @@ def fidelity(frames: list[tuple[torch.Tensor, torch.Tensor]], reference: list[tu
 def modes_for(device: torch.device, frames: int, gsplat: bool = True) -> list[Mode]:
     """The modes run on ``device``, baseline first; batched modes drive all ``frames`` at once.
 
-    CUDA adds the compiled (CUDA-graph) neural renderer and, with ``gsplat``, the gsplat modes.
+    The CPU adds the compiled splatting kernel (backend ``cpu``); CUDA adds the compiled (CUDA-graph)
+    neural renderer and, with ``gsplat``, the gsplat modes.
     """
     T = frames
     modes = [Mode("baseline", 1, cached=False), Mode("cached", 1), Mode("cached +bf16", 1, precision="bf16"),
              Mode(f"batched x{T}", T), Mode(f"batched x{T} +bf16", T, precision="bf16")]
+    if device.type == "cpu":   # the compiled CPU splatting kernel (what auto picks there)
+        modes += [Mode("cpu kernel", 1, backend="cpu"), Mode("cpu kernel +bf16", 1, backend="cpu", precision="bf16"),
+                  Mode(f"cpu kernel x{T} +bf16", T, backend="cpu", precision="bf16")]
     if device.type != "cuda":
         return modes
     modes.append(Mode(f"batched x{T} +bf16 +graphs", T, precision="bf16", compiled=True))

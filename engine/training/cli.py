@@ -152,7 +152,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--max-frames", type=int, help="evaluate only the first N target frames")
     e.add_argument("--device", default="auto")
-    e.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"))
+    e.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "gsplat"))
     e.add_argument("--name", default="Ours", help="method name in the table")
     e.add_argument("--out", help="also write the Markdown table here")
     e.add_argument("--json", help="also write the raw results here")
