@@ -249,3 +249,26 @@ def _camera_args(g, size=(40, 72), focal=5.0):
     cov = covariance_from_scale_rotation(g["scales"], g["rotations"])
     tf = torch_backend.tan_half_fov(focal)
     return g["xyz"], cov, g["colors"], g["opacities"], V, P, tf, tf, *size
+
+
+def test_renders_in_a_forked_child(lib):
+    """A forked child (a data loader's worker) gets threads of its own: the parent's do not exist
+    there. In a fresh process: torch's own thread pool does not survive a fork after
+    ``torch.set_num_threads`` (which other tests call)."""
+    code = """if True:
+        import multiprocessing, sys, torch
+        from gagavatar.engine.splatting.rasterize import render_gaussians
+        sys.path.insert(0, sys.argv[1])
+        from test_cpu_backend import CAMERA, _scene
+        def features(g):
+            return render_gaussians(g, CAMERA, size=(32, 32), backend="cpu").features
+        if __name__ == "__main__":
+            g = _scene(n=500)
+            parent = features(g)   # the parent's pool exists now
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                child = pool.apply_async(features, (g,)).get(timeout=60)
+            assert torch.equal(child, parent)
+    """
+    run = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]

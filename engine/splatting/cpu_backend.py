@@ -56,7 +56,8 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _failure: str | None = None
 _cache_dir: Path | None = None
-_pool: tuple[ThreadPoolExecutor, int] | None = None
+_pool: tuple[ThreadPoolExecutor, int, int] | None = None
+"""The worker pool, its size and the process that made it."""
 
 _p = ctypes.c_void_p
 _i32, _i64 = ctypes.c_int32, ctypes.c_int64
@@ -186,14 +187,15 @@ def reset() -> None:
 
 
 def _threads() -> tuple[ThreadPoolExecutor, int]:
-    """The worker threads (``torch.get_num_threads()`` of them) and their number."""
+    """The worker threads (``torch.get_num_threads()`` of them) and their number; a new pool in a
+    forked child (a data loader's worker, say), where the parent's threads do not exist."""
     global _pool
     n = max(1, torch.get_num_threads())
-    if _pool is None or _pool[1] != n:
-        if _pool is not None:
+    if _pool is None or _pool[1:] != (n, os.getpid()):
+        if _pool is not None and _pool[2] == os.getpid():
             _pool[0].shutdown(wait=False)
-        _pool = (ThreadPoolExecutor(max_workers=n, thread_name_prefix="gagavatar-splat"), n)
-    return _pool
+        _pool = (ThreadPoolExecutor(max_workers=n, thread_name_prefix="gagavatar-splat"), n, os.getpid())
+    return _pool[:2]
 
 
 def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, opacity: Tensor,
