@@ -180,7 +180,8 @@ def test_bench_fidelity_metrics(bench):
 def test_bench_modes(bench):
     cpu = bench.modes_for(torch.device("cpu"), 4)
     assert cpu[0].name == "baseline" and not cpu[0].cached and cpu[0].batch == 1
-    assert all(m.backend == "torch" and not m.compiled for m in cpu)
+    assert {m.backend for m in cpu} == {"torch", "cpu"} and not any(m.compiled for m in cpu)
+    assert {(m.batch, m.precision) for m in cpu if m.backend == "cpu"} == {(1, "fp32"), (1, "bf16"), (4, "bf16")}
     cuda = bench.modes_for(torch.device("cuda"), 8)
     assert {m.backend for m in cuda} == {"torch", "gsplat"} and cuda[-1].compiled and cuda[-1].batch == 8
     assert {m.precision for m in cuda} == set(fastpath.PRECISIONS)
