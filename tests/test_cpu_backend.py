@@ -162,6 +162,14 @@ def fresh(monkeypatch, tmp_path):
     cpu_backend.reset()
 
 
+def test_cc_may_be_a_command_line(fresh, monkeypatch):
+    """``$CC`` is split as a shell would (``ccache gcc``, ``env VAR=1 gcc``)."""
+    compiler = cpu_backend._compiler()[0]   # $CC unset here: the one on PATH
+    monkeypatch.setenv("CC", f"env GAGAVATAR_TEST=1 {compiler}")
+    assert cpu_backend._compiler() == ["env", "GAGAVATAR_TEST=1", compiler]
+    assert cpu_backend.library() is not None
+
+
 def test_built_once_and_cached(fresh):
     first = cpu_backend.library()
     assert first is not None
@@ -185,7 +193,8 @@ def test_other_processes_reuse_the_build(fresh):
     assert len(list((fresh / "kernels").iterdir())) == 1
 
 
-@pytest.mark.parametrize("cc,reason", [("/nonexistent/cc", "does not run"), ("false", "failed")])
+@pytest.mark.parametrize("cc,reason", [("/nonexistent/cc", "does not run"), ("false", "failed"),
+                                       ("env GAGAVATAR_NO_SUCH_COMPILER", "failed")])
 def test_no_compiler_falls_back_to_torch_with_one_warning(fresh, monkeypatch, cc, reason):
     monkeypatch.setenv("CC", cc)
     g = _scene(n=300)
@@ -230,7 +239,7 @@ def test_every_vector_width_gives_the_same_bits(lib, tmp_path):
     outs = []
     for lanes in (4, 8, 16):
         path = tmp_path / f"lanes{lanes}.so"
-        subprocess.run([cc, *cpu_backend.FLAGS, f"-DLANES={lanes}", "-o", str(path), str(cpu_backend.SOURCE), "-lm"],
+        subprocess.run([*cc, *cpu_backend.FLAGS, f"-DLANES={lanes}", "-o", str(path), str(cpu_backend.SOURCE), "-lm"],
                        check=True, capture_output=True)
         build = cpu_backend.load(path)
         outs.append(torch_backend.rasterize(*_camera_args(g), composite=lambda pre, c, o, h, w, b=build:

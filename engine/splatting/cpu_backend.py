@@ -27,6 +27,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -89,10 +90,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gagavatar"
 
 
-def _compiler() -> str | None:
+def _compiler() -> list[str] | None:
+    """The compiler command: ``$CC`` (split as a shell would, e.g. ``ccache gcc``), else the first of
+    ``cc``, ``gcc``, ``clang`` on ``PATH``."""
     if cc := os.environ.get("CC"):
-        return shutil.which(cc) or cc
-    return next((path for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
+        return shlex.split(cc)
+    return next(([path] for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
 
 
 def _cpu_identity() -> str:
@@ -107,12 +110,12 @@ def _cpu_identity() -> str:
 def _build() -> ctypes.CDLL:
     """Compile (or find the cached build of) the kernel and load it; raises ``RuntimeError`` saying why not."""
     cc = _compiler()
-    if cc is None:
+    if not cc:
         raise RuntimeError("no C compiler found (set CC, or install cc, gcc or clang)")
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"the C compiler {cc} does not run: {exc}") from None
+        raise RuntimeError(f"the C compiler {' '.join(cc)} does not run: {exc}") from None
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, *NATIVE_FLAGS, sys.platform,
                                     platform.machine(), _cpu_identity()]).encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
@@ -126,16 +129,16 @@ def _build() -> ctypes.CDLL:
             raise RuntimeError(f"cannot write to {folder}: {exc.strerror or exc}") from None
         try:
             for extra in (NATIVE_FLAGS, ()):   # without -march=native where the compiler refuses it
-                run = subprocess.run([cc, *FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"], capture_output=True,
+                run = subprocess.run([*cc, *FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"], capture_output=True,
                                      text=True, timeout=BUILD_TIMEOUT_S)
                 if run.returncode == 0:
                     break
             if run.returncode != 0:
                 lines = run.stderr.strip().splitlines() or ["(no output)"]
-                raise RuntimeError(f"{Path(cc).name} failed: " + next((s for s in lines if "error" in s), lines[-1]).strip())
+                raise RuntimeError(f"{Path(cc[-1]).name} failed: " + next((s for s in lines if "error" in s), lines[-1]).strip())
             os.replace(tmp, target)   # atomic: a concurrent build of the same key writes the same file
         except (OSError, subprocess.SubprocessError) as exc:
-            raise RuntimeError(f"building with {cc} failed: {exc}") from None
+            raise RuntimeError(f"building with {' '.join(cc)} failed: {exc}") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
     return load(target)
