@@ -138,6 +138,22 @@ def test_render_through_the_source_camera_is_the_networks_output(avatar, tmp_pat
     assert error.max() <= 0.56 and error.mean() < 0.26      # rounding alone: at most 0.5, 0.25 on average
 
 
+def test_a_cpu_render_splats_with_the_kernel_built_in_the_extensions_user_folder(avatar, monkeypatch):
+    """F12 on the CPU builds the compiled splatting kernel under extension_path_user(<package>, "cache")
+    (the only place the add-on writes to) and splats with it."""
+    import bpy
+    cpu_backend, rasterize = ext("engine.splatting.cpu_backend"), ext("engine.splatting.rasterize")
+    monkeypatch.delenv("GAGAVATAR_CACHE_DIR", raising=False)
+    cpu_backend.reset()   # built afresh where the add-on points it (another test may have built it elsewhere)
+    used = []
+    monkeypatch.setattr(cpu_backend, "composite_camera", lambda *a, f=cpu_backend.composite_camera: used.append(1) or f(*a))
+    bpy.ops.render.render()
+    folder = Path(bpy.utils.extension_path_user(MODULE, path="cache"))
+    assert used and cpu_backend.cache_dir() == folder
+    assert [p.name.startswith("cpu_kernel-") for p in (folder / "kernels").iterdir()] == [True]
+    assert rasterize.resolve_backend("auto", torch.zeros(1)) == "cpu"
+
+
 def installed_prefs():
     import bpy
     return bpy.context.preferences.addons[MODULE].preferences
