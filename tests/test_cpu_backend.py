@@ -1,7 +1,6 @@
 """The CPU backend (the official kernel's compositing compiled from C): against the conformance kit's
-port and references, against the torch backend, its dispatch (``auto``), and how it is built, cached
-and refused."""
-import math
+references, against the torch backend, its dispatch (``auto``), and how it is built, cached and
+refused. test_rasterizer.py runs it on the kit's dense scene and the early-stop case too."""
 import os
 import subprocess
 import sys
@@ -57,42 +56,6 @@ def test_render_case_background(lib, kit, render_case):
     o = render_case["outputs"]
     r = _kit_render(render_case, 128, "cpu", background=o["bg_for_image_128x128_bg"])
     kit.compare.check_stats(o["image_128x128_bg"], r.features[0], "render_case")
-
-
-def test_dense_offcentre_scene_matches_port(lib, kit):
-    """Deep overlapping stacks (early stop), a non-square image that is no multiple of the tile,
-    per-axis focal and a principal-point offset, 4 channels."""
-    gen = torch.Generator().manual_seed(3)
-    n = 1500
-    g = {"xyz": torch.randn(1, n, 3, generator=gen) * 0.3, "colors": torch.rand(1, n, 4, generator=gen),
-         "opacities": torch.rand(1, n, 1, generator=gen), "scales": 0.01 + 0.05 * torch.rand(1, n, 3, generator=gen),
-         "rotations": torch.randn(1, n, 4, generator=gen)}
-    tr = look_at_transform((0.5, 0.3, 6.0))[None]
-    focal, center, H, W = (4.0, 5.0), (0.15, -0.1), 40, 56
-    V, P, _ = build_camera_matrices(tr, focal, center)
-    cov = covariance_from_scale_rotation(g["scales"][0], g["rotations"][0])
-    ref, radii = kit.reference_rasterizer.render(g["xyz"][0], g["colors"][0], g["opacities"][0], V[0], P[0],
-                                                 1 / focal[0], 1 / focal[1], H, W,
-                                                 cov3D_precomp=cov.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]])
-    mine = render_gaussians(g, tr, focal=focal, size=(H, W), center=center, backend="cpu")
-    assert torch.equal(mine.radii[0], radii)
-    kit.compare.check_stats(ref, mine.features[0], "render_case")
-    assert (mine.alpha > 0.99).float().mean() > 0.1     # many pixels stop early
-
-
-def test_early_stop_and_alpha_clamp(lib):
-    """Coincident opaque Gaussians: alpha clamps at 0.99, and the second would leave T = 0.01 * 0.01,
-    just under 1e-4 in float32, so compositing stops before it (the kernel's values, exactly)."""
-    n = 6
-    g = {"xyz": torch.zeros(1, n, 3), "colors": torch.arange(1.0, n + 1)[None, :, None],
-         "opacities": torch.ones(1, n, 1), "scales": torch.full((1, n, 3), 0.05),
-         "rotations": torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4)}
-    g["xyz"][0, :, 2] = torch.linspace(0.0, 0.5, n)    # nearer to the camera = larger index
-    r = render_gaussians(g, look_at_transform((0.0, 0.0, 5.0))[None], size=(9, 9), backend="cpu")
-    assert math.isclose(float(r.features[0, 0, 4, 4]), n * 0.99, rel_tol=1e-6)   # front-most only
-    assert float(r.alpha[0, 0, 4, 4]) == pytest.approx(0.99, rel=1e-6)
-    t = render_gaussians(g, look_at_transform((0.0, 0.0, 5.0))[None], size=(9, 9), backend="torch")
-    assert torch.allclose(r.features, t.features, atol=1e-6) and torch.allclose(r.depth, t.depth, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels,size", [(32, (64, 64)), (70, (48, 80)), (1, (17, 33))])

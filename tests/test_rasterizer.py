@@ -1,6 +1,6 @@
 """The torch rasterizer against the conformance kit's port of the official kernel (and its reference
 renders), and its behaviour on a seeded scene; its float32 mode (devices without float64, Apple MPS);
-the gsplat path."""
+the gsplat path; the CPU kernel on the dense scene (more of it in test_cpu_backend.py)."""
 import math
 
 import pytest
@@ -10,7 +10,7 @@ from torch.utils._pytree import tree_leaves
 
 from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_from_pose, transform_to_opencv
 from gagavatar.engine.errors import GAGAvatarError
-from gagavatar.engine.splatting import gsplat_backend, torch_backend
+from gagavatar.engine.splatting import cpu_backend, gsplat_backend, torch_backend
 from gagavatar.engine.splatting.covariance import covariance_from_scale_rotation
 from gagavatar.engine.splatting.rasterize import render_gaussians
 
@@ -230,7 +230,8 @@ def test_alpha_depth_and_near_cull():
     assert (near.radii == 0).all() and (near.alpha == 0).all()
 
 
-def test_early_stop_and_alpha_clamp(kit):
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_early_stop_and_alpha_clamp(kit, backend):
     # coincident opaque Gaussians: alpha clamps at 0.99; the 2nd would leave T = 0.01 * 0.01, which
     # is just under 1e-4 in float32 -> compositing stops before it
     n = 6
@@ -239,7 +240,7 @@ def test_early_stop_and_alpha_clamp(kit):
          "rotations": torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4)}
     g["xyz"][0, :, 2] = torch.linspace(0.0, 0.5, n)    # nearer to the camera = larger index
     tr = look_at_transform((0.0, 0.0, 5.0))
-    r = render_gaussians(g, tr[None], size=(9, 9), backend="torch")
+    r = render_gaussians(g, tr[None], size=(9, 9), backend=backend)
     assert math.isclose(float(r.features[0, 0, 4, 4]), n * 0.99, rel_tol=1e-6)   # front-most only
     assert math.isclose(float(r.alpha[0, 0, 4, 4]), 0.99, rel_tol=1e-6)
     ref, _ = kit.reference_rasterizer.render_gagavatar(g["xyz"][0], g["colors"][0], g["opacities"][0],
@@ -288,8 +289,8 @@ def test_gsplat_needs_cuda(scene):
                          backend="gsplat")
 
 
-@pytest.mark.parametrize("exact", [True, False])
-def test_dense_offcentre_scene_matches_port(kit, exact):
+@pytest.mark.parametrize("mode", ["exact", "float32", "cpu kernel"])
+def test_dense_offcentre_scene_matches_port(kit, mode):
     # deep overlapping stacks (early stop), non-square, per-axis focal, principal-point offset, chunking
     gen = torch.Generator().manual_seed(3)
     n = 1500
@@ -302,8 +303,9 @@ def test_dense_offcentre_scene_matches_port(kit, exact):
     cov = covariance_from_scale_rotation(g["scales"][0], g["rotations"][0])
     ref, radii = kit.reference_rasterizer.render(g["xyz"][0], g["colors"][0], g["opacities"][0], V[0], P[0],
                                                  1 / focal[0], 1 / focal[1], H, W, cov3D_precomp=cov.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]])
-    mine = torch_backend.rasterize(g["xyz"], cov[None], g["colors"], g["opacities"], V, P,
-                                      1 / focal[0], 1 / focal[1], H, W, max_pairs=3000, exact=exact)
+    args = (g["xyz"], cov[None], g["colors"], g["opacities"], V, P, 1 / focal[0], 1 / focal[1], H, W)
+    mine = (cpu_backend.rasterize(*args) if mode == "cpu kernel"
+            else torch_backend.rasterize(*args, max_pairs=3000, exact=mode == "exact"))
     assert torch.equal(mine[3][0], radii)
     kit.compare.check_stats(ref, mine[0][0], "render_case")
     assert (mine[1] > 0.99).float().mean() > 0.1     # many pixels saturate
