@@ -255,16 +255,17 @@ def composite(layers: list, k: Intrinsics) -> Layers:
         return out
     xa, ya = min(b[0] for b, _ in layers), min(b[1] for b, _ in layers)
     xb, yb = max(b[2] for b, _ in layers), max(b[3] for b, _ in layers)
-    if len(layers) == 1:   # nothing to order: the layer is the result
-        acc = layers[0][1]
-        alpha = acc[3]
-        depth = torch.where(alpha > _MIN_ALPHA, acc[4] / alpha.clamp(min=_MIN_ALPHA), math.inf)[None]
+    if len(layers) == 1:   # the layer already covers the box: no copy
+        full = layers[0][1][None]
     else:
         full = torch.zeros(len(layers), 8, yb - ya, xb - xa)
         for i, ((x0, y0, x1, y1), planes) in enumerate(layers):
             full[i, :, y0 - ya:y1 - ya, x0 - xa:x1 - xa] = planes
-        alpha = full[:, 3]
-        depth = torch.where(alpha > _MIN_ALPHA, full[:, 4] / alpha.clamp(min=_MIN_ALPHA), math.inf)
+    alpha = full[:, 3]
+    depth = torch.where(alpha > _MIN_ALPHA, full[:, 4] / alpha.clamp(min=_MIN_ALPHA), math.inf)
+    if len(layers) == 1:
+        acc = full[0]
+    else:
         order = torch.argsort(depth, dim=0)
         full = torch.gather(full, 0, order[:, None].expand_as(full))
         depth = torch.gather(depth, 0, order)

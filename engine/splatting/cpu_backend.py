@@ -50,7 +50,6 @@ NATIVE_FLAGS = ("-march=native",)
 """Tried first: the vectors of the CPU the kernel runs on (2-3x faster than baseline x86-64 SSE2).
 The build is cached per CPU (model and feature flags), so a cache folder shared between machines
 keeps one build per kind of CPU."""
-TILE = 16
 BUILD_TIMEOUT_S = 120
 
 _lock = threading.Lock()
@@ -222,7 +221,7 @@ def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, o
     colors = colors.float().contiguous()   # read in place, through idx
     depth = take(pre["depth"])
     n, k = idx.numel(), colors.shape[1] + 1
-    tiles = -(-width // TILE) * -(-height // TILE)
+    tiles = -(-width // torch_backend.BLOCK) * -(-height // torch_backend.BLOCK)
     pool, workers = _threads()
     bounds = [n * w // workers for w in range(workers + 1)]   # Gaussians binned in depth-ordered ranges
     box = torch.empty(n, 4, dtype=torch.int32)
@@ -246,23 +245,31 @@ def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, o
     return out, final_t
 
 
+def refusal(*tensors: Tensor) -> str | None:
+    """Why the CPU backend cannot render ``tensors`` (one line naming what to use instead), or
+    ``None`` when it can: CPU tensors, no gradient needed, and the kernel built (built here on the
+    first call)."""
+    if any(t.device.type != "cpu" for t in tensors):
+        return "backend 'cpu' renders CPU tensors only: use 'torch' or 'gsplat' on other devices"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "backend 'cpu' has no backward: use backend 'torch' where gradients are needed"
+    if library() is None:
+        return f"the CPU splatting kernel is unavailable ({unavailable_reason()}): use backend 'torch'"
+    return None
+
+
 def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, viewmatrix: Tensor,
               projmatrix: Tensor, tanfovx: float, tanfovy: float, height: int, width: int,
               background: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`.torch_backend.rasterize` (same arguments and results) with the compiled compositing.
 
     Raises:
-        RuntimeError: the kernel is unavailable (:func:`unavailable_reason` says why), or an input
-            is not a CPU tensor or needs a gradient.
+        RuntimeError: :func:`refusal`'s reason (an input not on the CPU or needing a gradient, or
+            the kernel unavailable).
     """
+    if reason := refusal(means, covars, colors, opacities):
+        raise RuntimeError(reason)
     lib = library()
-    if lib is None:
-        raise RuntimeError(f"the CPU splatting kernel is unavailable ({unavailable_reason()}): use backend 'torch'")
-    tensors = (means, covars, colors, opacities)
-    if any(t.device.type != "cpu" for t in tensors):
-        raise RuntimeError("backend 'cpu' renders CPU tensors only: use 'torch' or 'gsplat' on other devices")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RuntimeError("backend 'cpu' has no backward: use backend 'torch' where gradients are needed")
     return torch_backend.rasterize(means, covars, colors, opacities, viewmatrix, projmatrix, tanfovx, tanfovy,
                                    height, width, background, exact=True,
                                    composite=lambda pre, c, o, h, w: composite_camera(lib, pre, c, o, h, w))

@@ -69,13 +69,9 @@ def resolve_backend(backend: str, *tensors: Tensor) -> str:
     the kernel could be built (building it on the first call), else ``torch``; others are kept."""
     if backend != "auto":
         return backend
-    device = tensors[0].device
-    if _gsplat_available(device):
+    if _gsplat_available(tensors[0].device):
         return "gsplat"
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if device.type == "cpu" and not needs_grad and cpu_backend.library() is not None:
-        return "cpu"
-    return "torch"
+    return "torch" if cpu_backend.refusal(*tensors) else "cpu"
 
 
 def _gsplat_available(device: torch.device) -> bool:
