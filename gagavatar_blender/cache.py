@@ -47,8 +47,12 @@ def drop(predicate) -> int:
 
 
 def free() -> int:
-    """Drop everything cached and return how many entries were dropped; empties the CUDA cache when torch is loaded."""
+    """Drop everything cached and return how many entries were dropped; also the frame buffers kept
+    for the next render (:func:`~..engine.framing.release_buffers`) and, when torch is loaded, the
+    CUDA cache."""
+    from ..engine import framing
     n = drop(lambda key: True)
+    framing.release_buffers()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

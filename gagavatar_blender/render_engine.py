@@ -55,7 +55,8 @@ def _write_pass(render_pass, image: np.ndarray) -> None:
     """Write ``image [H, W, channels]`` (rows top-down) into a render pass, whose rows run bottom-up.
 
     ``foreach_set`` copies one float32 buffer (assigning ``rect`` converts element by element:
-    seconds for a 1080p frame).
+    seconds for a 1080p frame). The engine's layers are top-down views of bottom-up buffers
+    (:class:`~..engine.framing.Layers`), so ``image[::-1]`` is that buffer, passed without a copy.
     """
     render_pass.rect.foreach_set(np.ascontiguousarray(image[::-1], dtype=np.float32).ravel())
 

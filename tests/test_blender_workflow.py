@@ -867,11 +867,12 @@ def test_opening_a_file_drops_cached_avatars_and_separates_shared_ids(avatar, tm
 
 
 def test_free_memory_drops_the_cached_network(installed):
+    """... and the frame buffers kept for the next render (a final render on the CPU made them)."""
     import bpy
-    cache = ext("gagavatar_blender.cache")
-    assert cache.size() > 0
+    cache, framing = ext("gagavatar_blender.cache"), ext("engine.framing")
+    assert cache.size() > 0 and framing._spare
     assert bpy.ops.gagavatar.free_memory() == {"FINISHED"}
-    assert cache.size() == 0
+    assert cache.size() == 0 and not framing._spare
 
 
 def test_disabling_the_extension_stops_its_job_and_removes_its_handlers_and_panels(installed):

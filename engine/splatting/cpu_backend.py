@@ -14,6 +14,9 @@ statistical criteria. It has no backward: :func:`.rasterize.render_gaussians` pi
 for CPU tensors when no gradient is needed. Tiles are split between ``torch.get_num_threads()``
 threads (ctypes releases the GIL during each call).
 
+The same library holds ``gag_place_rows``, which :func:`place` calls for :mod:`..framing`: one
+avatar's crop resampled into a frame's render passes, rows bottom-up as Blender stores them.
+
 Building needs a C99 compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on ``PATH`` (no Python
 or torch headers). The library is cached per source, compiler, platform and CPU under
 :func:`cache_dir` (``$GAGAVATAR_CACHE_DIR``, else the user's cache folder; the Blender add-on
@@ -37,6 +40,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,11 +64,12 @@ _pool: tuple[ThreadPoolExecutor, int, int] | None = None
 """The worker pool, its size and the process that made it."""
 
 _p = ctypes.c_void_p
-_i32, _i64 = ctypes.c_int32, ctypes.c_int64
+_i32, _i64, _f32 = ctypes.c_int32, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "gag_bin_count": (_i64, [_i32, _i32, _p, _p, _p, _p, _p, _i32, _i32, _p, _p]),
     "gag_bin_fill": (None, [_i32, _i32, _p, _i32, _p, _p]),
     "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
+    "gag_place_rows": (_i32, [_p, _i32, _i32, _p, _p, _p, _p, *[_i32] * 8, _f32, _f32, _p, _p, _p]),
 }
 
 
@@ -243,6 +248,39 @@ def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, o
             final_t.data_ptr())
     list(pool.map(lambda t0: lib.gag_render_tiles(t0, min(t0 + step, tiles), *args), range(0, tiles, step)))
     return out, final_t
+
+
+def place(lib: ctypes.CDLL, planes: Tensor, col: np.ndarray, colw: np.ndarray, row: np.ndarray, roww: np.ndarray,
+          box: tuple[int, int, int, int], min_alpha: float, background_depth: float,
+          out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """One avatar's crop resampled into a frame's render passes, with the compiled kernel (the
+    frame's rows split between the worker threads); see ``gag_place_rows`` in ``cpu_kernel.c``.
+
+    Args:
+        lib: :func:`library`.
+        planes: ``[8, sh, sw]`` float32 CPU crop: linear premultiplied RGB, alpha, depth x alpha,
+            coarse RGB.
+        col, colw: per box column, the left source column (-1 .. sw - 1) and the right tap's weight.
+        row, roww: the same per box row.
+        box: ``(xa, ya, xb, yb)``, the frame pixels the crop covers.
+        out: ``(combined [H, W, 4], coarse [H, W, 3], depth [H, W])`` C-contiguous float32 arrays
+            the passes are written into (every pixel), rows bottom-up.
+    """
+    planes = planes.float().contiguous()
+    col, row = np.ascontiguousarray(col, np.int32), np.ascontiguousarray(row, np.int32)
+    colw, roww = np.ascontiguousarray(colw, np.float32), np.ascontiguousarray(roww, np.float32)
+    combined, coarse, depth = out
+    height, width = depth.shape
+    assert combined.shape == (height, width, 4) and coarse.shape == (height, width, 3) \
+        and all(a.dtype == np.float32 and a.flags.c_contiguous for a in out)
+    xa, ya, xb, yb = box
+    pool, workers = _threads()
+    rows = [height * w // workers for w in range(workers + 1)]
+    args = (planes.data_ptr(), planes.shape[1], planes.shape[2], col.ctypes.data, colw.ctypes.data, row.ctypes.data,
+            roww.ctypes.data, xa, xb, ya, yb, width, height)
+    tail = (min_alpha, background_depth, combined.ctypes.data, coarse.ctypes.data, depth.ctypes.data)
+    if any(list(pool.map(lambda w: lib.gag_place_rows(*args, rows[w], rows[w + 1], *tail), range(workers)))):
+        raise MemoryError("out of memory placing an avatar into the frame")
 
 
 def refusal(*tensors: Tensor) -> str | None:

@@ -9,6 +9,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define TILE 16
@@ -246,4 +247,68 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
                 }
         }
     }
+}
+
+/* Frame placement (engine/framing.py): one avatar's crop planes resampled into a frame's render passes.
+ *
+ * planes [8, sh, sw]: linear premultiplied RGB, alpha, depth x alpha, coarse RGB, the crop the
+ * network rendered (shrunk beforehand when the frame shows it smaller). Bilinear, as grid_sample
+ * with align_corners=False and zero padding: box column x (frame column xa + x) samples source
+ * column col[x] + colw[x] (col[x] in -1 .. sw - 1, taps outside the crop are 0), box row y likewise
+ * (row, roww). Writes frame rows y_begin .. y_end - 1 (top-down numbering) of the passes, whose
+ * rows run bottom-up (Blender's order; the frame is height rows of width pixels): combined
+ * [.., 4] RGBA, coarse [.., 3], depth [..] = (depth x alpha) / alpha where alpha > min_alpha,
+ * else background_depth; outside the box [xa, xb) x [ya, yb) the passes are empty (0, 0,
+ * background_depth). Returns 0, or -1 when it cannot allocate its row buffer.
+ */
+typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
+
+EXPORT int32_t gag_place_rows(const float *planes, int32_t sh, int32_t sw, const int32_t *col, const float *colw,
+                              const int32_t *row, const float *roww, int32_t xa, int32_t xb, int32_t ya, int32_t yb,
+                              int32_t width, int32_t height, int32_t y_begin, int32_t y_end, float min_alpha,
+                              float background_depth, float *combined, float *coarse, float *depth) {
+    const int64_t plane = (int64_t)sh * sw;
+    char *block = malloc((size_t)(sw + 2) * sizeof(v8f) + sizeof(v8f));
+    if (!block) return -1;
+    v8f *tmp = (v8f *)(((uintptr_t)block + sizeof(v8f) - 1) & ~(uintptr_t)(sizeof(v8f) - 1));   /* aligned */
+    v8f *line = tmp + 1;   /* one source row, interleaved; zero at -1 and sw */
+    tmp[0] = (v8f){0};
+    line[sw] = (v8f){0};
+    for (int32_t y = y_begin; y < y_end; y++) {
+        const int64_t out = (int64_t)(height - 1 - y) * width;   /* bottom-up */
+        float *cmb = combined + 4 * out, *crs = coarse + 3 * out, *dep = depth + out;
+        const int inside = y >= ya && y < yb;
+        const int32_t x0 = inside ? xa : width, x1 = inside ? xb : width;
+        memset(cmb, 0, 4 * sizeof(float) * (size_t)x0);
+        memset(crs, 0, 3 * sizeof(float) * (size_t)x0);
+        for (int32_t x = 0; x < x0; x++) dep[x] = background_depth;
+        if (inside) {
+            const int32_t r0 = row[y - ya];
+            const float fy = roww[y - ya], gy = 1.0f - fy;
+            const int32_t c0 = col[0] < 0 ? 0 : col[0];   /* the source columns this row reads */
+            const int32_t c1 = col[xb - xa - 1] + 1 < sw ? col[xb - xa - 1] + 1 : sw - 1;
+            const int top = r0 >= 0, bottom = r0 + 1 < sh;
+            for (int32_t j = c0; j <= c1; j++) {
+                v8f v;
+                for (int c = 0; c < 8; c++) {
+                    const float *p = planes + c * plane + j;
+                    v[c] = (top ? gy * p[(int64_t)r0 * sw] : 0.0f) + (bottom ? fy * p[(int64_t)(r0 + 1) * sw] : 0.0f);
+                }
+                line[j] = v;
+            }
+            for (int32_t x = xa; x < xb; x++) {
+                const int32_t j = col[x - xa];
+                const float fx = colw[x - xa];
+                const v8f v = (1.0f - fx) * line[j] + fx * line[j + 1];   /* line[-1], line[sw]: 0 */
+                memcpy(cmb + 4 * x, &v, 4 * sizeof(float));
+                crs[3 * x] = v[5]; crs[3 * x + 1] = v[6]; crs[3 * x + 2] = v[7];
+                dep[x] = v[3] > min_alpha ? v[4] / v[3] : background_depth;
+            }
+        }
+        memset(cmb + 4 * x1, 0, 4 * sizeof(float) * (size_t)(width - x1));
+        memset(crs + 3 * x1, 0, 3 * sizeof(float) * (size_t)(width - x1));
+        for (int32_t x = x1; x < width; x++) dep[x] = background_depth;
+    }
+    free(block);
+    return 0;
 }
