@@ -1,7 +1,8 @@
 """What Blender adds to the engine's frame: a 1920x1080 F12 render of one avatar through the GAGAvatar
 render engine (crop placement and resampling, colour conversion, the Coarse and Depth passes, the
 compositor) against the engine's own 512^2 frame of the same avatar and view (``model.render``),
-both timed in this run, in turns, best of ``--repeat`` after a warm-up turn. The render engine reuses the loaded
+both timed in this run, in turns, best of ``--repeat`` after a warm-up turn (and the ratio of
+each turn's two times, which a load that drifts during the run sways less). The render engine reuses the loaded
 model and avatar between renders (networks.py caches), so only the per-frame work is timed.
 
 Target (issue #10): the render costs at most 1.15x the engine's frame.
@@ -33,17 +34,17 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def _interleaved_best(fns, repeat: int) -> list[float]:
-    """Best wall time in s of each function, run in turns (one warm-up turn first), so that a load
-    that comes and goes on the machine weighs on all of them alike."""
-    best = [float("inf")] * len(fns)
+def _interleaved(fns, repeat: int) -> list[list[float]]:
+    """Wall times in s of each function over ``repeat`` turns (after one warm-up turn); each turn
+    runs all of them in turn, so that a load that comes and goes on the machine weighs on all alike."""
+    times = [[] for _ in fns]
     for turn in range(repeat + 1):
         for i, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
             if turn:
-                best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+                times[i].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv=None) -> int:
@@ -89,12 +90,15 @@ def main(argv=None) -> int:
         with torch.no_grad():
             model.render(view.load(), vertices, transform[None].to(device)).image.cpu()
 
-    engine_s, blender_s = _interleaved_best((engine_frame, blender_frame), args.repeat)
+    engine_t, blender_t = _interleaved((engine_frame, blender_frame), args.repeat)
+    engine_s, blender_s = min(engine_t), min(blender_t)
+    turns = sorted(b / e for e, b in zip(engine_t, blender_t))
     print(f"machine: {_cpu()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"bpy {bpy.app.version_string}, device {device}")
     print(f"engine frame (512^2, model.render)       {engine_s * 1000:8.1f} ms")
     print(f"Blender F12 {width}x{height} (one avatar) {blender_s * 1000:8.1f} ms")
-    print(f"ratio Blender / engine: {blender_s / engine_s:.3f} (target <= 1.15)")
+    print(f"ratio Blender / engine: {blender_s / engine_s:.3f} (target <= 1.15); per turn: median "
+          f"{turns[len(turns) // 2]:.3f}, range {turns[0]:.3f}-{turns[-1]:.3f}")
     return 0
 
 
