@@ -1,8 +1,11 @@
 """The compositor side: the scene's compositor node tree and a File Output for every GAGAvatar pass.
 
-Blender 5.0 changed the compositor's data model; both are handled here:
+Blender 5.0 changed the compositor's data model, and 5.3 its place in the scene; all are handled here:
 
-* 5.0: the tree is a compositor node group in ``scene.compositing_node_group``; its Group Output is
+* 5.3: the scene has a stack of compositor effects (``scene.compositor_effects``), each with a
+  node group; the tree is the active effect's (``scene.compositing_node_group`` still reads it,
+  deprecated, to be removed in 6.0). Otherwise as 5.0.
+* 5.0-5.2: the tree is a compositor node group in ``scene.compositing_node_group``; its Group Output is
   the render result (there is no Composite node); the File Output node has ``directory``,
   ``file_name`` and ``file_output_items``, and its format a ``media_type``.
 * 4.2-4.5: ``scene.use_nodes`` + ``scene.node_tree``; a Composite node is the render result; the
@@ -19,21 +22,39 @@ OUTPUT_NODE = "GAGAvatar Passes"
 
 def node_tree(scene, create: bool = True):
     """The scene's compositor node tree, created (Render Layers -> result) if there is none and ``create``."""
-    if hasattr(scene, "compositing_node_group"):  # Blender 5.0
+    if hasattr(scene, "compositor_effects"):  # Blender 5.3+
+        effect = scene.compositor_effects.active
+        tree = None if effect is None else effect.node_group
+    elif hasattr(scene, "compositing_node_group"):  # Blender 5.0-5.2
         tree = scene.compositing_node_group
-        if tree is None and create:
-            tree = bpy.data.node_groups.new(f"{scene.name} Compositing", "CompositorNodeTree")
-            tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-            layers = tree.nodes.new("CompositorNodeRLayers")
-            result = tree.nodes.new("NodeGroupOutput")
-            tree.links.new(layers.outputs["Image"], result.inputs[0])
-            layers.location, result.location = (-300, 0), (200, 0)
-            scene.compositing_node_group = tree
-        return tree
-    if scene.node_tree is None and not create:  # Blender 4.2-4.5
-        return None
-    scene.use_nodes = True  # makes the default tree: Render Layers -> Composite
-    return scene.node_tree
+    else:  # Blender 4.2-4.5
+        if scene.node_tree is None and not create:
+            return None
+        scene.use_nodes = True  # makes the default tree: Render Layers -> Composite
+        return scene.node_tree
+    if tree is None and create:
+        tree = bpy.data.node_groups.new(f"{scene.name} Compositing", "CompositorNodeTree")
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        layers = tree.nodes.new("CompositorNodeRLayers")
+        result = tree.nodes.new("NodeGroupOutput")
+        tree.links.new(layers.outputs["Image"], result.inputs[0])
+        layers.location, result.location = (-300, 0), (200, 0)
+        set_node_tree(scene, tree)
+    return tree
+
+
+def set_node_tree(scene, tree) -> None:
+    """Make ``tree`` (a ``CompositorNodeTree``, or None) the scene's compositor (Blender 5.0+): 5.3+,
+    the active effect's node group (an effect is added if there is none); 5.0-5.2,
+    ``scene.compositing_node_group``."""
+    if hasattr(scene, "compositor_effects"):
+        effects = scene.compositor_effects
+        effect = effects.active
+        if effect is None and tree is None:
+            return
+        (effect or effects.new(name="Compositing")).node_group = tree
+    else:
+        scene.compositing_node_group = tree
 
 
 def render_layers_node(tree, scene, view_layer):

@@ -8,6 +8,7 @@ The network renders take seconds each on a CPU: the module creates one avatar an
 """
 import importlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +178,9 @@ def _compositor(scene, folder):
     render result (Blender 5.0+: a compositor node group and its Group Output; 4.2-4.5: ``scene.node_tree``
     and a Composite node, File Output slots named by their file)."""
     import bpy
-    if hasattr(scene, "compositing_node_group"):  # Blender 5.0+
+    if bpy.app.version >= (5, 0):
         tree = bpy.data.node_groups.new("passes", "CompositorNodeTree")
-        scene.compositing_node_group = tree
+        ext("gagavatar_blender.compositor").set_node_tree(scene, tree)
     else:  # Blender 4.2-4.5
         scene.use_nodes = True
         tree = scene.node_tree
@@ -204,7 +205,7 @@ def _compositor(scene, folder):
             out.file_slots.new(f"pass_{name}")
             socket = out.inputs[f"pass_{name}"]
         tree.links.new(layers.outputs[name], socket)
-    if hasattr(scene, "compositing_node_group"):
+    if bpy.app.version >= (5, 0):
         tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
         tree.links.new(layers.outputs["Image"], tree.nodes.new("NodeGroupOutput").inputs[0])
     else:
@@ -567,10 +568,12 @@ def test_add_pass_outputs_writes_every_pass_through_the_compositor(avatar, tmp_p
     result is still the render."""
     import bpy
     scene = bpy.context.scene
-    node_group = hasattr(scene, "compositing_node_group")  # Blender 5.0+
-    if node_group:
-        previous = scene.compositing_node_group
-        scene.compositing_node_group = None
+    compositor = ext("gagavatar_blender.compositor")
+    node_group = bpy.app.version >= (5, 0)
+    if node_group:   # 5.3+: the active effect's node group (compositing_node_group is deprecated there)
+        previous = compositor.node_tree(scene, create=False)
+        compositor.set_node_tree(scene, None)
+        assert compositor.node_tree(scene, create=False) is None
     else:
         previous = scene.use_nodes
         scene.use_nodes = False
@@ -579,9 +582,12 @@ def test_add_pass_outputs_writes_every_pass_through_the_compositor(avatar, tmp_p
     scene.render.engine = "GAGAVATAR"
     try:
         folder = str(tmp_path / "exr") + os.sep
-        assert bpy.ops.gagavatar.add_pass_outputs(directory=folder) == {"FINISHED"}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert bpy.ops.gagavatar.add_pass_outputs(directory=folder) == {"FINISHED"}
+        assert not [w for w in caught if "compositing_node_group" in str(w.message)]   # deprecated in 5.3
         if node_group:
-            tree = scene.compositing_node_group
+            tree = compositor.node_tree(scene, create=False)
             assert tree is not None and not [n for n in tree.nodes if n.bl_idname == "CompositorNodeComposite"]
             output = next(n for n in tree.nodes if n.bl_idname == "NodeGroupOutput")
         else:
@@ -614,7 +620,7 @@ def test_add_pass_outputs_writes_every_pass_through_the_compositor(avatar, tmp_p
         assert np.abs(srgb - png).max() <= 1.0 / 255 + 1e-4  # the group output is the render
     finally:
         if node_group:
-            scene.compositing_node_group = previous
+            compositor.set_node_tree(scene, previous)
         else:
             scene.use_nodes = previous
         scene.render.resolution_percentage = 100
