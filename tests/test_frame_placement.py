@@ -1,6 +1,7 @@
 """engine/framing.py's placement of one avatar's crop into a frame: the compiled kernel
 (``cpu_backend.place``) against the ``grid_sample`` path it replaces on the CPU, and the reuse
 of the frame's pass buffers (bottom-up, as Blender stores them)."""
+import contextlib
 import threading
 
 import numpy as np
@@ -31,25 +32,16 @@ def _layer(window, k, planes):
     return window, window.pixel_bounds(k), fr._shrink(planes, window)
 
 
-@pytest.fixture()
-def kernel_off(monkeypatch):
-    """Render with the kernel turned off (the torch path), restored afterwards."""
-    monkeypatch.setenv("GAGAVATAR_CPU_KERNEL", "0")
-    cpu_backend.reset()
-    yield
-    monkeypatch.delenv("GAGAVATAR_CPU_KERNEL")
-    cpu_backend.reset()
-
-
-def _torch_path(layers, k):
-    env = pytest.MonkeyPatch()
-    env.setenv("GAGAVATAR_CPU_KERNEL", "0")
-    cpu_backend.reset()
-    try:
-        return fr.composite(layers, k)
-    finally:
-        env.undo()
+@contextlib.contextmanager
+def _kernel_off():
+    """The kernel turned off (frames composited in torch) inside the block, as before afterwards."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GAGAVATAR_CPU_KERNEL", "0")
         cpu_backend.reset()
+        try:
+            yield
+        finally:
+            cpu_backend.reset()
 
 
 @pytest.mark.parametrize("case", WINDOWS)
@@ -59,7 +51,8 @@ def test_the_kernel_places_a_crop_as_grid_sample_does(case):
     k = fr.Intrinsics(1.0, 1.0, 0.0, 0.0, width, height)
     layer = _layer(window, k, _planes())
     got = fr.composite([layer], k)
-    ref = _torch_path([layer], k)
+    with _kernel_off():
+        ref = fr.composite([layer], k)
     assert got.combined.shape == (height, width, 4) and got.coarse.shape == (height, width, 3)
     # grid_sample rounds its sample positions to float32 (up to 3e-5 px here); the kernel keeps them exact.
     assert np.abs(got.combined - ref.combined).max() < 1e-4
@@ -146,10 +139,12 @@ def test_two_threads_never_share_buffers():
     assert wrong == [0, 0]
 
 
-def test_without_the_kernel_the_frame_is_composited_in_torch(kernel_off):
+def test_without_the_kernel_the_frame_is_composited_in_torch():
     window, (width, height) = WINDOWS["same size, fractional offset"]
     k = fr.Intrinsics(1.0, 1.0, 0.0, 0.0, width, height)
-    got = fr.composite([_layer(window, k, _planes())], k)
-    assert cpu_backend.library() is None
+    with _kernel_off():
+        got = fr.composite([_layer(window, k, _planes())], k)
+        assert cpu_backend.library() is None
     assert got.combined.flags.c_contiguous   # Layers.empty: top-down arrays of their own
     assert got.combined[..., 3].max() > 0.5 and got.depth.min() < 3.5
+    assert cpu_backend.library() is not None
