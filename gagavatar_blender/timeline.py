@@ -67,7 +67,6 @@ def _nlerp(q: np.ndarray, i0, i1, w) -> np.ndarray:
 
 def resample(seq, scene_fps: float) -> Resampled:
     """``seq`` (a ``DrivingSequence``) at ``scene_fps``: frame ``f`` is the sequence at time ``f / scene_fps``."""
-    import torch
     from ..engine.cameras import transform_to_blender
     T = seq.num_frames
     n = int(np.floor((T - 1) * scene_fps / seq.fps + 1e-6)) + 1

@@ -82,7 +82,6 @@ def test_unposed_removes_the_head_pose_exactly(rig):
     """What the renderer feeds the network: the evaluated mesh without the head root's motion is
     FLAME with a zero global pose; the head root's matrix is the rigid head pose (rotation about
     the root joint, then the translation)."""
-    import bpy
     from mathutils import Quaternion
     _, _, _, arm_obj, rig_module = rig
     got, _, rootless = _pose(rig, 5, 1.0)

@@ -4,7 +4,6 @@ import os
 import pickle
 import zipfile
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch

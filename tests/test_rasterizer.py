@@ -263,7 +263,7 @@ def test_chunked_equals_unchunked(scene, exact):
 def test_gsplat_camera_matches_projection(scene):
     from gsplat.cuda._torch_impl import _fully_fused_projection
 
-    i, s = scene["inputs"], scene["settings"]
+    i = scene["inputs"]
     tr = torch.stack([i["cam_matrix"], look_at_transform((1.0, -0.5, 8.0))])
     H, W, focal, center = 96, 128, (12.0, 10.0), (0.1, -0.2)
     viewmats, Ks = gsplat_backend.gsplat_camera(tr, focal, (H, W), center)
