@@ -278,7 +278,7 @@ _spare: list = []
 _spare_lock = threading.Lock()
 
 
-def _frame_layers(width: int, height: int) -> "Layers":
+def _frame_layers(width: int, height: int) -> Layers:
     """:class:`Layers` for a frame whose arrays are top-down views of C-contiguous buffers whose rows
     run bottom-up (Blender's order: ``layers.combined[::-1]`` is the buffer), contents undefined.
 
@@ -305,19 +305,18 @@ def composite(layers: list, k: Intrinsics) -> Layers:
     """Resample :func:`render_layer` outputs into the frame and composite them front to back, per
     pixel by depth (premultiplied "over").
 
-    One layer goes straight into the frame through the compiled kernel
+    One CPU layer goes straight into the frame through the compiled kernel
     (:func:`.splatting.cpu_backend.place`: resampling, depth and the passes in one sweep, rows
-    bottom-up as Blender stores them, so the returned arrays are top-down views of them; a GPU's
-    crop is copied to the host first). Otherwise (several layers, or no kernel) each layer is
-    resampled with ``grid_sample`` on its device and the work covers only the box the layers
-    touch; with one layer there is nothing to order.
+    bottom-up as Blender stores them, so the returned arrays are top-down views of them).
+    Otherwise (several layers, a GPU's, or no kernel) each layer is resampled with ``grid_sample``
+    on its device and the work covers only the box the layers touch; with one layer there is
+    nothing to order.
     """
     import torch
-    if len(layers) == 1:
+    if len(layers) == 1 and layers[0][2].device.type == "cpu":
         from .splatting import cpu_backend
         if (lib := cpu_backend.library()) is not None:
             window, (xa, ya, xb, yb), planes = layers[0]
-            planes = planes.cpu()   # from a GPU: the 8 MB crop, not the resampled frame, crosses the bus
             sh, sw = planes.shape[-2:]
             col, colw = _taps(xa, xb, window.x0, window.w, sw)
             row, roww = _taps(ya, yb, window.y0, window.h, sh)
