@@ -1,10 +1,14 @@
 """The CPU backend (the official kernel's compositing compiled from C): against the conformance kit's
 references, against the torch backend, its dispatch (``auto``), and how it is built, cached and
 refused. test_rasterizer.py runs it on the kit's dense scene and the early-stop case too."""
+import gc
 import os
+import signal
 import subprocess
 import sys
+import threading
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -84,6 +88,60 @@ def test_same_result_on_any_number_of_threads(lib):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one.features, three.features) and torch.equal(one.alpha, three.alpha)
+
+
+class _Interrupt(Exception):
+    """Raised by the test's SIGINT handler, as Python's own raises KeyboardInterrupt."""
+
+
+def _raise_interrupt(signum, frame):
+    raise _Interrupt
+
+
+def _threads_idle() -> None:
+    """Wait until the worker threads have run everything queued so far."""
+    pool, workers = cpu_backend._threads()
+    barrier = threading.Barrier(workers + 1, timeout=60)
+    for _ in range(workers):
+        pool.submit(barrier.wait)
+    barrier.wait()
+
+
+def test_a_running_call_keeps_its_buffers_when_the_caller_is_interrupted():
+    """Ctrl-C while the caller waits for the worker threads: the wait raises and the caller unwinds,
+    dropping its tensors, while a call still runs. That call must keep its buffers until it returns
+    (a Ctrl-C'd render crashed in ``gag_render_tiles`` reading tensors freed under it)."""
+    started, release, seen = threading.Event(), threading.Event(), []
+    buffer = torch.arange(1 << 16, dtype=torch.float32)
+    alive = weakref.ref(buffer)
+
+    def call(index, address):   # what a C call sees: the buffer's address
+        if index == 0:
+            started.set()
+            release.wait(30)
+            still = alive()
+            seen.append(still is not None and still.data_ptr() == address and float(still[-1]) == (1 << 16) - 1)
+        return index
+
+    def interrupt_the_wait():
+        started.wait(30)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, _raise_interrupt)
+    try:
+        threading.Thread(target=interrupt_the_wait, daemon=True).start()
+        with pytest.raises(_Interrupt):
+            cpu_backend._parallel(call, [(0, buffer), (1, buffer)])
+        del buffer   # the caller's reference (the traceback went with pytest.raises)
+        gc.collect()
+        held = alive() is not None   # by the running call alone
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        release.set()
+    _threads_idle()
+    assert held and seen == [True]
+    gc.collect()
+    assert alive() is None   # let go once the call has returned
 
 
 def test_nothing_visible(lib):

@@ -205,6 +205,27 @@ def _threads() -> tuple[ThreadPoolExecutor, int]:
     return _pool[:2]
 
 
+def _address(arg):
+    """A kernel argument as ctypes passes it: a tensor's or array's data address, else the value."""
+    if isinstance(arg, Tensor):
+        return arg.data_ptr()
+    if isinstance(arg, np.ndarray):
+        return arg.ctypes.data
+    return arg
+
+
+def _parallel(fn, calls: list[tuple]) -> list:
+    """``fn(*call)`` for each call on the worker threads, tensors and arrays passed as addresses;
+    the results in order.
+
+    Each queued call holds its own arguments, buffers included, until it has returned. When the
+    caller stops waiting (Ctrl-C raises ``KeyboardInterrupt`` in the wait) and unwinds, calls
+    already running go on reading and writing those buffers for a few milliseconds: they must not
+    be freed under them. Calls not yet started are cancelled."""
+    pool, _ = _threads()
+    return list(pool.map(lambda call: fn(*map(_address, call)), calls))
+
+
 def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, opacity: Tensor,
                      height: int, width: int) -> tuple[Tensor, Tensor]:
     """Composite one camera's preprocessed Gaussians with the compiled kernel (CPU tensors).
@@ -227,26 +248,22 @@ def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, o
     depth = take(pre["depth"])
     n, k = idx.numel(), colors.shape[1] + 1
     tiles = -(-width // torch_backend.BLOCK) * -(-height // torch_backend.BLOCK)
-    pool, workers = _threads()
+    workers = _threads()[1]
     bounds = [n * w // workers for w in range(workers + 1)]   # Gaussians binned in depth-ordered ranges
     box = torch.empty(n, 4, dtype=torch.int32)
     counts = torch.zeros(workers, tiles, dtype=torch.int64)
-    totals = list(pool.map(lambda w: lib.gag_bin_count(
-        bounds[w], bounds[w + 1], xy.data_ptr(), conic.data_ptr(), cov.data_ptr(), opac.data_ptr(), rect.data_ptr(),
-        width, height, box.data_ptr(), counts[w].data_ptr()), range(workers)))
+    totals = _parallel(lib.gag_bin_count, [(bounds[w], bounds[w + 1], xy, conic, cov, opac, rect, width, height, box,
+                                            counts[w]) for w in range(workers)])
     starts = torch.zeros(tiles + 1, dtype=torch.int64)
     torch.cumsum(counts.sum(0), 0, out=starts[1:])
     cursor = (starts[:-1] + counts.cumsum(0) - counts).contiguous()   # [workers, tiles]: each range's place
     lists = torch.empty(sum(totals), dtype=torch.int32)
-    list(pool.map(lambda w: lib.gag_bin_fill(bounds[w], bounds[w + 1], box.data_ptr(), width, cursor[w].data_ptr(),
-                                             lists.data_ptr()), range(workers)))
+    _parallel(lib.gag_bin_fill, [(bounds[w], bounds[w + 1], box, width, cursor[w], lists) for w in range(workers)])
     out = torch.empty(k, height, width)
     final_t = torch.empty(height, width)
     step = max(1, tiles // (8 * workers))   # small ranges, taken in turn: tiles differ in cost
-    args = (width, height, xy.data_ptr(), conic.data_ptr(), opac.data_ptr(), box.data_ptr(), starts.data_ptr(),
-            lists.data_ptr(), colors.data_ptr(), idx.data_ptr(), depth.data_ptr(), k - 1, out.data_ptr(),
-            final_t.data_ptr())
-    list(pool.map(lambda t0: lib.gag_render_tiles(t0, min(t0 + step, tiles), *args), range(0, tiles, step)))
+    _parallel(lib.gag_render_tiles, [(t0, min(t0 + step, tiles), width, height, xy, conic, opac, box, starts, lists,
+                                      colors, idx, depth, k - 1, out, final_t) for t0 in range(0, tiles, step)])
     return out, final_t
 
 
@@ -274,12 +291,11 @@ def place(lib: ctypes.CDLL, planes: Tensor, col: np.ndarray, colw: np.ndarray, r
     assert combined.shape == (height, width, 4) and coarse.shape == (height, width, 3) \
         and all(a.dtype == np.float32 and a.flags.c_contiguous for a in out)
     xa, ya, xb, yb = box
-    pool, workers = _threads()
+    workers = _threads()[1]
     rows = [height * w // workers for w in range(workers + 1)]
-    args = (planes.data_ptr(), planes.shape[1], planes.shape[2], col.ctypes.data, colw.ctypes.data, row.ctypes.data,
-            roww.ctypes.data, xa, xb, ya, yb, width, height)
-    tail = (min_alpha, background_depth, combined.ctypes.data, coarse.ctypes.data, depth.ctypes.data)
-    if any(list(pool.map(lambda w: lib.gag_place_rows(*args, rows[w], rows[w + 1], *tail), range(workers)))):
+    if any(_parallel(lib.gag_place_rows, [(planes, planes.shape[1], planes.shape[2], col, colw, row, roww, xa, xb, ya,
+                                           yb, width, height, rows[w], rows[w + 1], min_alpha, background_depth,
+                                           combined, coarse, depth) for w in range(workers)])):
         raise MemoryError("out of memory placing an avatar into the frame")
 
 
