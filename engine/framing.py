@@ -305,23 +305,24 @@ def composite(layers: list, k: Intrinsics) -> Layers:
     """Resample :func:`render_layer` outputs into the frame and composite them front to back, per
     pixel by depth (premultiplied "over").
 
-    One CPU layer goes straight into the frame through the compiled kernel
-    (:func:`.splatting.cpu_backend.place`: resampling, depth and the passes in one sweep, rows
-    bottom-up as Blender stores them, so the returned arrays are top-down views of them).
-    Otherwise (several layers, a GPU's, or no kernel) each layer is resampled with ``grid_sample``
+    CPU layers go straight into the frame through the compiled kernel
+    (:func:`.splatting.cpu_backend.place`: resampling, depth ordering, compositing and the passes
+    in one sweep, rows bottom-up as Blender stores them, so the returned arrays are top-down views
+    of them). Otherwise (a GPU's layers, or no kernel) each layer is resampled with ``grid_sample``
     on its device and the work covers only the box the layers touch; with one layer there is
     nothing to order.
     """
     import torch
-    if len(layers) == 1 and layers[0][2].device.type == "cpu":
+    if layers and all(planes.device.type == "cpu" for *_, planes in layers):
         from .splatting import cpu_backend
         if (lib := cpu_backend.library()) is not None:
-            window, (xa, ya, xb, yb), planes = layers[0]
-            sh, sw = planes.shape[-2:]
-            col, colw = _taps(xa, xb, window.x0, window.w, sw)
-            row, roww = _taps(ya, yb, window.y0, window.h, sh)
+            placed = []
+            for window, (xa, ya, xb, yb), planes in layers:
+                sh, sw = planes.shape[-2:]
+                placed.append((planes[0], *_taps(xa, xb, window.x0, window.w, sw), *_taps(ya, yb, window.y0, window.h, sh),
+                               (xa, ya, xb, yb)))
             out = _frame_layers(k.width, k.height)
-            cpu_backend.place(lib, planes[0], col, colw, row, roww, (xa, ya, xb, yb), _MIN_ALPHA, BACKGROUND_DEPTH,
+            cpu_backend.place(lib, placed, _MIN_ALPHA, BACKGROUND_DEPTH,
                               (out.combined[::-1], out.coarse[::-1], out.depth[::-1]))
             return out
     out = Layers.empty(k.width, k.height)

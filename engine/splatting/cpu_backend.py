@@ -14,8 +14,9 @@ statistical criteria. It has no backward: :func:`.rasterize.render_gaussians` pi
 for CPU tensors when no gradient is needed. Tiles are split between ``torch.get_num_threads()``
 threads (ctypes releases the GIL during each call).
 
-The same library holds ``gag_place_rows``, which :func:`place` calls for :mod:`..framing`: one
-avatar's crop resampled into a frame's render passes, rows bottom-up as Blender stores them.
+The same library holds ``gag_composite_rows``, which :func:`place` calls for :mod:`..framing`:
+avatars' crops resampled into a frame's render passes and composited by depth, rows bottom-up as
+Blender stores them.
 
 Building needs a C99 compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on ``PATH`` (no Python
 or torch headers). The library is cached per source, compiler, platform and CPU under
@@ -27,6 +28,7 @@ torch backend renders instead, and a warning says why, once per process.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -69,7 +71,7 @@ _SIGNATURES = {
     "gag_bin_count": (_i64, [_i32, _i32, _p, _p, _p, _p, _p, _i32, _i32, _p, _p]),
     "gag_bin_fill": (None, [_i32, _i32, _p, _i32, _p, _p]),
     "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
-    "gag_place_rows": (_i32, [_p, _i32, _i32, _p, _p, _p, _p, *[_i32] * 8, _f32, _f32, _p, _p, _p]),
+    "gag_composite_rows": (_i32, [_i32, _p, _p, _p, _p, _p, _p, _p, *[_i32] * 4, _f32, _f32, _p, _p, _p]),
 }
 
 
@@ -214,16 +216,22 @@ def _address(arg):
     return arg
 
 
-def _parallel(fn, calls: list[tuple]) -> list:
+def _parallel(fn, calls: list[tuple], keep: tuple = ()) -> list:
     """``fn(*call)`` for each call on the worker threads, tensors and arrays passed as addresses;
     the results in order.
 
-    Each queued call holds its own arguments, buffers included, until it has returned. When the
-    caller stops waiting (Ctrl-C raises ``KeyboardInterrupt`` in the wait) and unwinds, calls
-    already running go on reading and writing those buffers for a few milliseconds: they must not
-    be freed under them. Calls not yet started are cancelled."""
+    Each queued call holds its own arguments, buffers included, and ``keep`` (buffers the calls
+    reach through an array of addresses) until it has returned. When the caller stops waiting
+    (Ctrl-C raises ``KeyboardInterrupt`` in the wait) and unwinds, calls already running go on
+    reading and writing those buffers for a few milliseconds: they must not be freed under them.
+    Calls not yet started are cancelled."""
     pool, _ = _threads()
-    return list(pool.map(lambda call: fn(*map(_address, call)), calls))
+    return list(pool.map(functools.partial(_call, fn, keep), calls))
+
+
+def _call(fn, keep: tuple, call: tuple):
+    """One call of :func:`_parallel` (``keep`` is held by the partial that calls it)."""
+    return fn(*map(_address, call))
 
 
 def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, opacity: Tensor,
@@ -267,36 +275,42 @@ def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, o
     return out, final_t
 
 
-def place(lib: ctypes.CDLL, planes: Tensor, col: np.ndarray, colw: np.ndarray, row: np.ndarray, roww: np.ndarray,
-          box: tuple[int, int, int, int], min_alpha: float, background_depth: float,
+def place(lib: ctypes.CDLL, layers: list[tuple], min_alpha: float, background_depth: float,
           out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    """One avatar's crop resampled into a frame's render passes, with the compiled kernel (the
-    frame's rows split between the worker threads); see ``gag_place_rows`` in ``cpu_kernel.c``.
+    """Avatars' crops resampled into a frame's render passes and composited by depth, with the
+    compiled kernel (the frame's rows split between the worker threads); see
+    ``gag_composite_rows`` in ``cpu_kernel.c``.
 
     Args:
         lib: :func:`library`.
-        planes: ``[8, sh, sw]`` float32 CPU crop: linear premultiplied RGB, alpha, depth x alpha,
-            coarse RGB.
-        col, colw: per box column, the left source column (-1 .. sw - 1) and the right tap's weight.
-        row, roww: the same per box row.
-        box: ``(xa, ya, xb, yb)``, the frame pixels the crop covers.
+        layers: per avatar ``(planes, col, colw, row, roww, box)``: ``planes [8, sh, sw]`` float32
+            CPU crop (linear premultiplied RGB, alpha, depth x alpha, coarse RGB); per box column the
+            left source column (-1 .. sw - 1) and the right tap's weight ``col, colw``, the same per
+            box row ``row, roww``; ``box = (xa, ya, xb, yb)``, the frame pixels the crop covers.
+        min_alpha: alpha up to which a pixel of a layer has no depth (it sorts last).
+        background_depth: the depth pass where no layer has a depth.
         out: ``(combined [H, W, 4], coarse [H, W, 3], depth [H, W])`` C-contiguous float32 arrays
             the passes are written into (every pixel), rows bottom-up.
     """
-    planes = planes.float().contiguous()
-    col, row = np.ascontiguousarray(col, np.int32), np.ascontiguousarray(row, np.int32)
-    colw, roww = np.ascontiguousarray(colw, np.float32), np.ascontiguousarray(roww, np.float32)
+    planes = [p.float().contiguous() for p, *_ in layers]
+    col = np.ascontiguousarray(np.concatenate([c for _, c, *_ in layers]), np.int32)
+    colw = np.ascontiguousarray(np.concatenate([w for _, _, w, *_ in layers]), np.float32)
+    row = np.ascontiguousarray(np.concatenate([r for *_, r, _, _ in layers]), np.int32)
+    roww = np.ascontiguousarray(np.concatenate([w for *_, w, _ in layers]), np.float32)
+    box = np.array([b for *_, b in layers], np.int32).reshape(-1, 4)
+    assert len(col) == (box[:, 2] - box[:, 0]).sum() and len(row) == (box[:, 3] - box[:, 1]).sum()
+    addresses = np.array([p.data_ptr() for p in planes], np.int64)
+    shape = np.array([p.shape[1:] for p in planes], np.int32).reshape(-1, 2)
     combined, coarse, depth = out
     height, width = depth.shape
     assert combined.shape == (height, width, 4) and coarse.shape == (height, width, 3) \
         and all(a.dtype == np.float32 and a.flags.c_contiguous for a in out)
-    xa, ya, xb, yb = box
     workers = _threads()[1]
     rows = [height * w // workers for w in range(workers + 1)]
-    if any(_parallel(lib.gag_place_rows, [(planes, planes.shape[1], planes.shape[2], col, colw, row, roww, xa, xb, ya,
-                                           yb, width, height, rows[w], rows[w + 1], min_alpha, background_depth,
-                                           combined, coarse, depth) for w in range(workers)])):
-        raise MemoryError("out of memory placing an avatar into the frame")
+    if any(_parallel(lib.gag_composite_rows, [(len(planes), addresses, shape, box, col, colw, row, roww, width, height,
+                                               rows[w], rows[w + 1], min_alpha, background_depth, combined, coarse,
+                                               depth) for w in range(workers)], keep=tuple(planes))):
+        raise MemoryError("out of memory compositing avatars into the frame")
 
 
 def refusal(*tensors: Tensor) -> str | None:

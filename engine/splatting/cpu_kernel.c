@@ -249,61 +249,105 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
     }
 }
 
-/* Frame placement (engine/framing.py): one avatar's crop planes resampled into a frame's render passes.
+/* Frame compositing (engine/framing.py): avatars' crop planes resampled into a frame's render
+ * passes and composited front to back, per pixel by depth.
  *
- * planes [8, sh, sw]: linear premultiplied RGB, alpha, depth x alpha, coarse RGB, the crop the
- * network rendered (shrunk beforehand when the frame shows it smaller). Bilinear, as grid_sample
- * with align_corners=False and zero padding: box column x (frame column xa + x) samples source
- * column col[x] + colw[x] (col[x] in -1 .. sw - 1, taps outside the crop are 0), box row y likewise
- * (row, roww). Writes frame rows y_begin .. y_end - 1 (top-down numbering) of the passes, whose
- * rows run bottom-up (Blender's order; the frame is height rows of width pixels): combined
- * [.., 4] RGBA, coarse [.., 3], depth [..] = (depth x alpha) / alpha where alpha > min_alpha,
- * else background_depth; outside the box [xa, xb) x [ya, yb) the passes are empty (0, 0,
- * background_depth). Returns 0, or -1 when it cannot allocate its row buffer.
+ * Layer l (of n) is planes[l] [8, sh, sw] (shape[l] = {sh, sw}): linear premultiplied RGB, alpha,
+ * depth x alpha, coarse RGB, the crop the network rendered (shrunk beforehand when the frame shows
+ * it smaller). It covers the frame pixels box[l] = {xa, ya, xb, yb}. Bilinear, as grid_sample with
+ * align_corners=False and zero padding: its box column x (frame column xa + x) samples source
+ * column col[x] + colw[x] (col[x] in -1 .. sw - 1, taps outside the crop are 0), its box row y
+ * likewise (row, roww); the layers' col and colw follow one another (xb - xa entries each), as do
+ * their row and roww (yb - ya each).
+ *
+ * At each pixel the layers covering it are sorted by depth = (depth x alpha) / alpha where alpha >
+ * min_alpha, else infinite (ties keep the layers' order) and composited "over": the planes times
+ * the transmittance left, which each layer's alpha multiplies by 1 - alpha. Writes frame rows
+ * y_begin .. y_end - 1 (top-down numbering) of the passes, whose rows run bottom-up (Blender's
+ * order; the frame is height rows of width pixels): combined [.., 4] RGBA, coarse [.., 3], depth
+ * [..] = the nearest layer's depth, background_depth where it is infinite or no layer covers the
+ * pixel (the passes are 0 there). One layer's planes are copied through unchanged (times 1).
+ * Returns 0, or -1 when it cannot allocate its row buffers.
  */
 typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
 
-EXPORT int32_t gag_place_rows(const float *planes, int32_t sh, int32_t sw, const int32_t *col, const float *colw,
-                              const int32_t *row, const float *roww, int32_t xa, int32_t xb, int32_t ya, int32_t yb,
-                              int32_t width, int32_t height, int32_t y_begin, int32_t y_end, float min_alpha,
-                              float background_depth, float *combined, float *coarse, float *depth) {
-    const int64_t plane = (int64_t)sh * sw;
-    char *block = malloc((size_t)(sw + 2) * sizeof(v8f) + sizeof(v8f));
+EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_t *shape, const int32_t *box,
+                                  const int32_t *col, const float *colw, const int32_t *row, const float *roww,
+                                  int32_t width, int32_t height, int32_t y_begin, int32_t y_end, float min_alpha,
+                                  float background_depth, float *combined, float *coarse, float *depth) {
+    size_t lines = 0;
+    for (int32_t l = 0; l < n; l++) lines += (size_t)shape[2 * l + 1] + 2;
+    char *block = malloc((lines + (size_t)n + 1) * sizeof(v8f) + (size_t)n * (2 * sizeof(int64_t) + sizeof(float)));
     if (!block) return -1;
-    v8f *tmp = (v8f *)(((uintptr_t)block + sizeof(v8f) - 1) & ~(uintptr_t)(sizeof(v8f) - 1));   /* aligned */
-    v8f *line = tmp + 1;   /* one source row, interleaved; zero at -1 and sw */
-    tmp[0] = (v8f){0};
-    line[sw] = (v8f){0};
+    v8f *base = (v8f *)(((uintptr_t)block + sizeof(v8f) - 1) & ~(uintptr_t)(sizeof(v8f) - 1));   /* aligned */
+    v8f *sample = base + lines;                                              /* [n] a pixel's samples, nearest first */
+    int64_t *line_at = (int64_t *)(sample + n), *col_at = line_at + n;      /* [n] each layer's line and taps */
+    float *dist = (float *)(col_at + n);                                     /* [n] the samples' depths */
+    for (int32_t l = 0, c = 0; l < n; l++) {
+        line_at[l] = c + 1;   /* one source row, interleaved; zero at -1 and sw */
+        col_at[l] = l ? col_at[l - 1] + box[4 * (l - 1) + 2] - box[4 * (l - 1)] : 0;
+        c += shape[2 * l + 1] + 2;
+        base[line_at[l] - 1] = (v8f){0};
+        base[line_at[l] + shape[2 * l + 1]] = (v8f){0};
+    }
     for (int32_t y = y_begin; y < y_end; y++) {
         const int64_t out = (int64_t)(height - 1 - y) * width;   /* bottom-up */
         float *cmb = combined + 4 * out, *crs = coarse + 3 * out, *dep = depth + out;
-        const int inside = y >= ya && y < yb;
-        const int32_t x0 = inside ? xa : width, x1 = inside ? xb : width;
-        memset(cmb, 0, 4 * sizeof(float) * (size_t)x0);
-        memset(crs, 0, 3 * sizeof(float) * (size_t)x0);
-        for (int32_t x = 0; x < x0; x++) dep[x] = background_depth;
-        if (inside) {
-            const int32_t r0 = row[y - ya];
-            const float fy = roww[y - ya], gy = 1.0f - fy;
-            const int32_t c0 = col[0] < 0 ? 0 : col[0];   /* the source columns this row reads */
-            const int32_t c1 = col[xb - xa - 1] + 1 < sw ? col[xb - xa - 1] + 1 : sw - 1;
+        int32_t x0 = width, x1 = 0;   /* the columns the layers on this row cover */
+        for (int32_t l = 0, rows_before = 0; l < n; rows_before += box[4 * l + 3] - box[4 * l + 1], l++) {
+            const int32_t *b = box + 4 * l, sh = shape[2 * l], sw = shape[2 * l + 1];
+            if (y < b[1] || y >= b[3]) continue;
+            x0 = b[0] < x0 ? b[0] : x0;
+            x1 = b[2] > x1 ? b[2] : x1;
+            const int32_t *lc = col + col_at[l];
+            const int32_t r0 = row[rows_before + y - b[1]];
+            const float fy = roww[rows_before + y - b[1]], gy = 1.0f - fy;
+            const int32_t c0 = lc[0] < 0 ? 0 : lc[0];   /* the source columns this row reads */
+            const int32_t c1 = lc[b[2] - b[0] - 1] + 1 < sw ? lc[b[2] - b[0] - 1] + 1 : sw - 1;
             const int top = r0 >= 0, bottom = r0 + 1 < sh;
+            const float *src = (const float *)(uintptr_t)planes[l];
+            const int64_t plane = (int64_t)sh * sw;
+            v8f *line = base + line_at[l];
             for (int32_t j = c0; j <= c1; j++) {
                 v8f v;
                 for (int c = 0; c < 8; c++) {
-                    const float *p = planes + c * plane + j;
+                    const float *p = src + c * plane + j;
                     v[c] = (top ? gy * p[(int64_t)r0 * sw] : 0.0f) + (bottom ? fy * p[(int64_t)(r0 + 1) * sw] : 0.0f);
                 }
                 line[j] = v;
             }
-            for (int32_t x = xa; x < xb; x++) {
-                const int32_t j = col[x - xa];
-                const float fx = colw[x - xa];
+        }
+        if (x1 <= x0) x0 = x1 = width;   /* none */
+        memset(cmb, 0, 4 * sizeof(float) * (size_t)x0);
+        memset(crs, 0, 3 * sizeof(float) * (size_t)x0);
+        for (int32_t x = 0; x < x0; x++) dep[x] = background_depth;
+        for (int32_t x = x0; x < x1; x++) {
+            int32_t k = 0;
+            for (int32_t l = 0; l < n; l++) {
+                const int32_t *b = box + 4 * l;
+                if (y < b[1] || y >= b[3] || x < b[0] || x >= b[2]) continue;
+                const int32_t j = col[col_at[l] + x - b[0]];
+                const float fx = colw[col_at[l] + x - b[0]];
+                const v8f *line = base + line_at[l];
                 const v8f v = (1.0f - fx) * line[j] + fx * line[j + 1];   /* line[-1], line[sw]: 0 */
-                memcpy(cmb + 4 * x, &v, 4 * sizeof(float));
-                crs[3 * x] = v[5]; crs[3 * x + 1] = v[6]; crs[3 * x + 2] = v[7];
-                dep[x] = v[3] > min_alpha ? v[4] / v[3] : background_depth;
+                const float d = v[3] > min_alpha ? v[4] / v[3] : INFINITY;
+                int32_t i = k++;
+                for (; i > 0 && dist[i - 1] > d; i--) {   /* insertion: nearest first, ties in layer order */
+                    sample[i] = sample[i - 1];
+                    dist[i] = dist[i - 1];
+                }
+                sample[i] = v;
+                dist[i] = d;
             }
+            v8f acc = k ? sample[0] : (v8f){0};
+            float t = k ? 1.0f - sample[0][3] : 1.0f;
+            for (int32_t i = 1; i < k; i++) {
+                acc += sample[i] * t;
+                t *= 1.0f - sample[i][3];
+            }
+            memcpy(cmb + 4 * x, &acc, 4 * sizeof(float));
+            crs[3 * x] = acc[5]; crs[3 * x + 1] = acc[6]; crs[3 * x + 2] = acc[7];
+            dep[x] = k && dist[0] < INFINITY ? dist[0] : background_depth;
         }
         memset(cmb + 4 * x1, 0, 4 * sizeof(float) * (size_t)(width - x1));
         memset(crs + 3 * x1, 0, 3 * sizeof(float) * (size_t)(width - x1));
