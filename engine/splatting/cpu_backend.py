@@ -298,11 +298,15 @@ def place(lib: ctypes.CDLL, layers: list[tuple], min_alpha: float, background_de
     row = np.ascontiguousarray(np.concatenate([r for *_, r, _, _ in layers]), np.int32)
     roww = np.ascontiguousarray(np.concatenate([w for *_, w, _ in layers]), np.float32)
     box = np.array([b for *_, b in layers], np.int32).reshape(-1, 4)
-    assert len(col) == (box[:, 2] - box[:, 0]).sum() and len(row) == (box[:, 3] - box[:, 1]).sum()
     addresses = np.array([p.data_ptr() for p in planes], np.int64)
     shape = np.array([p.shape[1:] for p in planes], np.int32).reshape(-1, 2)
     combined, coarse, depth = out
     height, width = depth.shape
+    # What the kernel indexes by, checked (it writes the frame through them).
+    assert ((0 <= box[:, :2]) & (box[:, :2] < box[:, 2:]) & (box[:, 2:] <= (width, height))).all()
+    assert len(col) == (box[:, 2] - box[:, 0]).sum() and len(row) == (box[:, 3] - box[:, 1]).sum()
+    assert all(-1 <= c.min() and c.max() < w and -1 <= r.min() and r.max() < h
+               for (_, c, _, r, _, _), (h, w) in zip(layers, shape))
     assert combined.shape == (height, width, 4) and coarse.shape == (height, width, 3) \
         and all(a.dtype == np.float32 and a.flags.c_contiguous for a in out)
     workers = _threads()[1]
