@@ -319,8 +319,8 @@ def composite(layers: list, k: Intrinsics) -> Layers:
             placed = []
             for window, (xa, ya, xb, yb), planes in layers:
                 sh, sw = planes.shape[-2:]
-                placed.append((planes[0], *_taps(xa, xb, window.x0, window.w, sw), *_taps(ya, yb, window.y0, window.h, sh),
-                               (xa, ya, xb, yb)))
+                placed.append((planes[0], *_taps(xa, xb, window.x0, window.w, sw),
+                               *_taps(ya, yb, window.y0, window.h, sh), (xa, ya, xb, yb)))
             out = _frame_layers(k.width, k.height)
             cpu_backend.place(lib, placed, _MIN_ALPHA, BACKGROUND_DEPTH,
                               (out.combined[::-1], out.coarse[::-1], out.depth[::-1]))

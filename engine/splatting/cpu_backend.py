@@ -292,27 +292,26 @@ def place(lib: ctypes.CDLL, layers: list[tuple], min_alpha: float, background_de
         out: ``(combined [H, W, 4], coarse [H, W, 3], depth [H, W])`` C-contiguous float32 arrays
             the passes are written into (every pixel), rows bottom-up.
     """
-    planes = [p.float().contiguous() for p, *_ in layers]
-    col = np.ascontiguousarray(np.concatenate([c for _, c, *_ in layers]), np.int32)
-    colw = np.ascontiguousarray(np.concatenate([w for _, _, w, *_ in layers]), np.float32)
-    row = np.ascontiguousarray(np.concatenate([r for *_, r, _, _ in layers]), np.int32)
-    roww = np.ascontiguousarray(np.concatenate([w for *_, w, _ in layers]), np.float32)
-    box = np.array([b for *_, b in layers], np.int32).reshape(-1, 4)
+    planes, cols, colws, rows, rowws, boxes = zip(*layers)
+    planes = [p.float().contiguous() for p in planes]
     addresses = np.array([p.data_ptr() for p in planes], np.int64)
-    shape = np.array([p.shape[1:] for p in planes], np.int32).reshape(-1, 2)
+    shape = np.array([p.shape[1:] for p in planes], np.int32)
+    box = np.array(boxes, np.int32)
+    col, row = np.concatenate(cols).astype(np.int32), np.concatenate(rows).astype(np.int32)
+    colw, roww = np.concatenate(colws).astype(np.float32), np.concatenate(rowws).astype(np.float32)
     combined, coarse, depth = out
     height, width = depth.shape
     # What the kernel indexes by, checked (it writes the frame through them).
     assert ((0 <= box[:, :2]) & (box[:, :2] < box[:, 2:]) & (box[:, 2:] <= (width, height))).all()
     assert len(col) == (box[:, 2] - box[:, 0]).sum() and len(row) == (box[:, 3] - box[:, 1]).sum()
     assert all(-1 <= c.min() and c.max() < w and -1 <= r.min() and r.max() < h
-               for (_, c, _, r, _, _), (h, w) in zip(layers, shape))
+               for c, r, (h, w) in zip(cols, rows, shape))
     assert combined.shape == (height, width, 4) and coarse.shape == (height, width, 3) \
         and all(a.dtype == np.float32 and a.flags.c_contiguous for a in out)
     workers = _threads()[1]
-    rows = [height * w // workers for w in range(workers + 1)]
+    split = [height * w // workers for w in range(workers + 1)]
     if any(_parallel(lib.gag_composite_rows, [(len(planes), addresses, shape, box, col, colw, row, roww, width, height,
-                                               rows[w], rows[w + 1], min_alpha, background_depth, combined, coarse,
+                                               split[w], split[w + 1], min_alpha, background_depth, combined, coarse,
                                                depth) for w in range(workers)], keep=tuple(planes))):
         raise MemoryError("out of memory compositing avatars into the frame")
 
