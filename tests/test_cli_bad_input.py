@@ -253,8 +253,8 @@ def test_ctrl_c_during_a_render_exits_130_and_leaves_nothing(output, reference, 
     proc = subprocess.Popen([sys.executable, "-m", "gagavatar", "render", str(reference.avatar), "-o",
                              str(tmp_path / output), "--frames", "40", "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=_interruptible,
-                            env={**_subprocess_env(assets_dir), "PYTHONFAULTHANDLER": "1"})  # a crash: every thread's stack
+                            preexec_fn=_interruptible,   # and should it crash, every thread's stack:
+                            env={**_subprocess_env(assets_dir), "PYTHONFAULTHANDLER": "1"})
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:

@@ -113,11 +113,11 @@ def _reference(layers, k):
     samples, depths = np.stack(samples), np.stack(depths)
     order = np.argsort(depths, axis=0, kind="stable")
     samples = np.take_along_axis(samples, order[..., None], 0)
-    nearest = np.take_along_axis(depths, order, 0)[0]
+    depths = np.take_along_axis(depths, order, 0)
     t = np.cumprod(np.concatenate([np.ones_like(samples[:1, ..., 3]), 1 - samples[:-1, ..., 3]]), 0)
     acc = (samples * t[..., None]).sum(0)
-    finite = np.isfinite(np.take_along_axis(depths, order, 0))
-    return acc, np.where(np.isinf(nearest), fr.BACKGROUND_DEPTH, nearest), np.where(finite, order, -1), np.stack(alphas)
+    nearest = np.where(np.isinf(depths[0]), fr.BACKGROUND_DEPTH, depths[0])
+    return acc, nearest, np.where(np.isfinite(depths), order, -1), np.stack(alphas)
 
 
 def test_the_kernel_composites_several_avatars_by_depth():
