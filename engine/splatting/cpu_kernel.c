@@ -277,12 +277,13 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
                                   float background_depth, float *combined, float *coarse, float *depth) {
     size_t lines = 0;
     for (int32_t l = 0; l < n; l++) lines += (size_t)shape[2 * l + 1] + 2;
-    char *block = malloc((lines + (size_t)n + 1) * sizeof(v8f) + (size_t)n * (2 * sizeof(int64_t) + sizeof(float)));
+    char *block = malloc((lines + (size_t)n + 1) * sizeof(v8f) + (size_t)n * (2 * sizeof(int64_t) + sizeof(float) + sizeof(int32_t)));
     if (!block) return -1;
     v8f *base = (v8f *)(((uintptr_t)block + sizeof(v8f) - 1) & ~(uintptr_t)(sizeof(v8f) - 1));   /* aligned */
     v8f *sample = base + lines;                                              /* [n] a pixel's samples, nearest first */
     int64_t *line_at = (int64_t *)(sample + n), *col_at = line_at + n;      /* [n] each layer's line and taps */
     float *dist = (float *)(col_at + n);                                     /* [n] the samples' depths */
+    int32_t *on = (int32_t *)(dist + n);                                     /* [n] the layers on the row */
     for (int32_t l = 0, c = 0; l < n; l++) {
         line_at[l] = c + 1;   /* one source row, interleaved; zero at -1 and sw */
         col_at[l] = l ? col_at[l - 1] + box[4 * (l - 1) + 2] - box[4 * (l - 1)] : 0;
@@ -293,10 +294,11 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
     for (int32_t y = y_begin; y < y_end; y++) {
         const int64_t out = (int64_t)(height - 1 - y) * width;   /* bottom-up */
         float *cmb = combined + 4 * out, *crs = coarse + 3 * out, *dep = depth + out;
-        int32_t x0 = width, x1 = 0;   /* the columns the layers on this row cover */
+        int32_t x0 = width, x1 = 0, m = 0;   /* the columns the m layers on this row cover */
         for (int32_t l = 0, rows_before = 0; l < n; rows_before += box[4 * l + 3] - box[4 * l + 1], l++) {
             const int32_t *b = box + 4 * l, sh = shape[2 * l], sw = shape[2 * l + 1];
             if (y < b[1] || y >= b[3]) continue;
+            on[m++] = l;
             x0 = b[0] < x0 ? b[0] : x0;
             x1 = b[2] > x1 ? b[2] : x1;
             const int32_t *lc = col + col_at[l];
@@ -323,9 +325,9 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
         for (int32_t x = 0; x < x0; x++) dep[x] = background_depth;
         for (int32_t x = x0; x < x1; x++) {
             int32_t k = 0;
-            for (int32_t l = 0; l < n; l++) {
-                const int32_t *b = box + 4 * l;
-                if (y < b[1] || y >= b[3] || x < b[0] || x >= b[2]) continue;
+            for (int32_t a = 0; a < m; a++) {
+                const int32_t l = on[a], *b = box + 4 * l;
+                if (x < b[0] || x >= b[2]) continue;
                 const int32_t j = col[col_at[l] + x - b[0]];
                 const float fx = colw[col_at[l] + x - b[0]];
                 const v8f *line = base + line_at[l];
