@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 import weakref
 
@@ -98,20 +99,11 @@ def _raise_interrupt(signum, frame):
     raise _Interrupt
 
 
-def _threads_idle() -> None:
-    """Wait until the worker threads have run everything queued so far."""
-    pool, workers = cpu_backend._threads()
-    barrier = threading.Barrier(workers + 1, timeout=60)
-    for _ in range(workers):
-        pool.submit(barrier.wait)
-    barrier.wait()
-
-
 def test_a_running_call_keeps_its_buffers_when_the_caller_is_interrupted():
     """Ctrl-C while the caller waits for the worker threads: the wait raises and the caller unwinds,
     dropping its tensors, while a call still runs. That call must keep its buffers until it returns
     (a Ctrl-C'd render crashed in ``gag_render_tiles`` reading tensors freed under it)."""
-    started, release, seen = threading.Event(), threading.Event(), []
+    started, release, done, seen = threading.Event(), threading.Event(), threading.Event(), []
     buffer = torch.arange(1 << 16, dtype=torch.float32)
     alive = weakref.ref(buffer)
 
@@ -121,6 +113,8 @@ def test_a_running_call_keeps_its_buffers_when_the_caller_is_interrupted():
             release.wait(30)
             still = alive()
             seen.append(still is not None and still.data_ptr() == address and float(still[-1]) == (1 << 16) - 1)
+            del still
+            done.set()
         return index
 
     def interrupt_the_wait():
@@ -138,10 +132,14 @@ def test_a_running_call_keeps_its_buffers_when_the_caller_is_interrupted():
     finally:
         signal.signal(signal.SIGINT, previous)
         release.set()
-    _threads_idle()
+    assert done.wait(30)
     assert held and seen == [True]
-    gc.collect()
-    assert alive() is None   # let go once the call has returned
+    for _ in range(300):   # let go once the call has returned (its worker then drops the queued call)
+        gc.collect()
+        if alive() is None:
+            break
+        time.sleep(0.1)
+    assert alive() is None
 
 
 def test_nothing_visible(lib):
