@@ -15,7 +15,10 @@ Everything is measured in one run, in ``--rounds`` rounds that take each measure
 * the matmul rate: one float32 ``2048 x 2048 @ 2048 x 2048`` product, GFLOP/s;
 * the StyleUNet, batch 1 at 512^2, fp32 and bf16: its FLOPs are those of the official model's
   convolutions and linear layers (``torch.utils.flop_counter``, one multiply-add = 2 FLOPs), so
-  ``rate = FLOPs / time`` and ``efficiency = rate / matmul rate`` (target: fp32 >= 0.85);
+  ``rate = FLOPs / time`` and ``efficiency = rate / matmul rate`` (target: fp32 >= 0.85). The
+  Winograd layers (:mod:`gagavatar.engine.networks.cpu_layers`) do fewer multiplications than
+  these FLOPs count: the rate is the direct form's FLOPs over the time taken. ``fp32 direct``,
+  every convolution oneDNN's direct form, is the baseline they are measured against;
 * ``model.render`` of one frame per call (cached covariances, fp32), and ``rest = render -
   StyleUNet fp32`` (rasterizer, Gaussian assembly, copies), as a ratio to the StyleUNet (target
   <= 0.35); the rasterizer alone with the backend ``auto`` picks (on the CPU the compiled kernel,
@@ -42,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gagavatar.engine import load_flame, load_model
 from gagavatar.engine.cameras import transform_from_pose
+from gagavatar.engine.networks import cpu_layers
 from gagavatar.engine.splatting.fastpath import resolve_precision
 from gagavatar.engine.splatting.rasterize import resolve_backend
 
@@ -68,6 +72,16 @@ def style_unet_flops(unet: torch.nn.Module, coarse: torch.Tensor) -> int:
     with FlopCounterMode(display=False) as counter, torch.autocast(coarse.device.type, dtype=torch.bfloat16):
         unet(coarse.clone().requires_grad_(True))   # autograd on: the counter's module tracker needs it
     return counter.get_total_flops()
+
+
+def direct_convolutions(fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+    """``fn(*args)`` with every convolution oneDNN's direct form (no Winograd layers: the baseline
+    of :mod:`gagavatar.engine.networks.cpu_layers`)."""
+    saved, cpu_layers.MIN_CHANNELS = cpu_layers.MIN_CHANNELS, math.inf
+    try:
+        return fn(*args, precision="fp32")
+    finally:
+        cpu_layers.MIN_CHANNELS = saved
 
 
 def rounds(measurements: dict[str, Callable[[], object]], device: torch.device, n: int) -> dict[str, float]:
@@ -129,6 +143,7 @@ def main() -> None:
         measurements = {
             "matmul": lambda: a @ b,
             "StyleUNet fp32": lambda: model.neural_renderer(coarse, precision="fp32"),
+            "StyleUNet fp32 direct": lambda: direct_convolutions(model.neural_renderer, coarse),
             "StyleUNet bf16": lambda: model.neural_renderer(coarse, precision="bf16"),
             "render fp32": lambda: model.render(avatar, vertices, view),
             "rasterizer": lambda: model.splat(avatar, vertices, view),
@@ -148,9 +163,10 @@ def main() -> None:
         "|---|---:|---:|---:|---|",
         f"| matmul fp32 {MATMUL_SIDE}^3 | {best['matmul'] * 1e3:.1f} | {matmul_rate / 1e9:.0f} | 1.00 | |",
     ]
-    for p in ("fp32", "bf16"):
+    for p in ("fp32", "fp32 direct", "bf16"):
         t = best[f"StyleUNet {p}"]
-        note = "≥ 0.85" if p == "fp32" else f"x{unet / t:.2f} over fp32" + ("" if bf16 else " (auto keeps fp32 here)")
+        note = {"fp32": "≥ 0.85", "fp32 direct": f"x{t / unet:.2f} the time of fp32 (no Winograd layers)"}.get(
+            p, f"x{unet / t:.2f} over fp32" + ("" if bf16 else " (auto keeps fp32 here)"))
         lines.append(f"| StyleUNet {p} | {t * 1e3:.1f} | {flops / t / 1e9:.0f} | {flops / t / matmul_rate:.2f} | {note} |")
     lines += [
         f"| model.render fp32, one frame | {best['render fp32'] * 1e3:.1f} | | | |",

@@ -217,7 +217,7 @@ def test_other_processes_reuse_the_build(fresh):
 def test_no_compiler_falls_back_to_torch_with_one_warning(fresh, monkeypatch, cc, reason):
     monkeypatch.setenv("CC", cc)
     g = _scene(n=300)
-    with pytest.warns(RuntimeWarning, match="CPU splatting kernel is unavailable.*torch rasterizer") as caught:
+    with pytest.warns(RuntimeWarning, match="CPU kernel is unavailable.*torch rasterizer") as caught:
         auto = render_gaussians(g, CAMERA, size=(24, 24))
     assert len(caught) == 1 and reason in cpu_backend.unavailable_reason()
     with warnings.catch_warnings():
@@ -237,6 +237,15 @@ def test_turned_off_by_environment(fresh, monkeypatch):
         assert cpu_backend.library() is None
     assert cpu_backend.unavailable_reason() == "GAGAVATAR_CPU_KERNEL=0"
     assert not (fresh / "kernels").exists()
+
+
+def test_a_library_without_every_function_is_refused(lib, tmp_path):
+    source = tmp_path / "partial.c"
+    source.write_text("int gag_bin_fill(void) { return 0; }\n")
+    partial = tmp_path / "partial.so"
+    subprocess.run([*cpu_backend._compiler(), "-shared", "-fPIC", "-o", str(partial), str(source)], check=True)
+    with pytest.raises(RuntimeError, match="has no function gag_bin_count"):
+        cpu_backend.load(partial)
 
 
 def test_unwritable_cache_folder(fresh, monkeypatch):

@@ -7,6 +7,7 @@ Modules:
 * :mod:`.generators`: :class:`HarmonicEmbedding`, :class:`LinearGSGenerator` (FLAME-vertex
   Gaussians) and :class:`ConvGSGenerator` (dual-lifting Gaussians);
 * :mod:`.style_unet`: :class:`StyleUNet`, the neural renderer (32 channels -> RGB 512^2);
+* :mod:`.cpu_layers`: its wide layers as Winograd convolutions at CPU inference;
 * :mod:`.noise`: :func:`fresh_noise` for noise injection, drawn per global batch in
   data-parallel training (:func:`global_batch_rows`).
 """

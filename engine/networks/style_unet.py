@@ -33,6 +33,10 @@ Differences from the official forward, same function:
 * ResBlock(up) runs its 1x1 skip conv before the resize (they commute; fewer pixels).
 * The demodulation's style-free factor ``sum weight^2`` is kept between inference calls, and
   float32 x2 upsampling on the CPU is a transposed convolution (same weights, float rounding).
+* At inference on the CPU (float32, batch 1), the 3x3 convolutions with 256-512 input channels at
+  32^2-64^2 run as Winograd F(2x2, 3x3) (:mod:`.cpu_layers`: fewer multiplications, the same
+  float32 rounding error); a modulated one takes the style on its input and the demodulation,
+  bias, noise and leaky ReLU in its output pass.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_layers
 from .noise import fresh_noise
 
 UNET_CHANNELS = {4: 256, 8: 256, 16: 256, 32: 256, 64: 128, 128: 64, 256: 32, 512: 16, 1024: 8}
@@ -63,6 +68,15 @@ def _linear_fp32(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(x)`` computed in float32: ``[B, in] -> [B, out]`` float32."""
     with _fp32(x.device):
         return F.linear(x.float(), layer.weight.float(), layer.bias.float())
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, slope: float | None = None) -> torch.Tensor:
+    """``conv(x)``, then a leaky ReLU with ``slope`` (None: none); 3x3 convolutions through
+    :func:`.cpu_layers.winograd_conv3x3` where it applies (wide CPU layers at inference)."""
+    if conv.kernel_size == (3, 3) and conv.padding == (1, 1) and cpu_layers.winograd_usable(x, conv.weight):
+        return cpu_layers.winograd_conv3x3(x, conv.weight, bias=conv.bias, slope=slope)
+    out = conv(x)
+    return out if slope is None else F.leaky_relu_(out, slope)
 
 
 def _resample(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -112,8 +126,8 @@ class ResBlock(nn.Module):
         self.factor = factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.leaky_relu_(self.conv1(x), LRELU_SLOPE)
-        out = F.leaky_relu_(self.conv2(_resample(out, self.factor)), LRELU_SLOPE)
+        out = _conv(self.conv1, x, LRELU_SLOPE)
+        out = _conv(self.conv2, _resample(out, self.factor), LRELU_SLOPE)
         # The 1x1 skip conv and the resize commute: run the conv at the lower resolution.
         skip = _resample(self.skip(x), self.factor) if self.factor > 1 else self.skip(_resample(x, self.factor))
         return out + skip
@@ -171,10 +185,15 @@ class ModulatedConv2d(nn.Module):
             self._energy = (key, w.detach().float().square().sum((2, 3)).t().contiguous())
         return self._energy[1]
 
-    def forward(self, x: torch.Tensor, latent: torch.Tensor, gain: float = 1.0,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [B, cin, H, W]``, ``latent [B, 512]`` -> ``gain * modconv(x) + bias``,
-        ``[B, cout, H', W']`` (H' = 2H when upsampling) in ``x``'s dtype; ``bias [1, cout, 1, 1]``."""
+    def forward(self, x: torch.Tensor, latent: torch.Tensor, gain: float = 1.0, bias: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None, noise_weight: torch.Tensor | None = None,
+                slope: float | None = None) -> torch.Tensor:
+        """``x [B, cin, H, W]``, ``latent [B, 512]`` -> ``act(gain * modconv(x) + bias + noise_weight *
+        noise)``, ``[B, cout, H', W']`` (H' = 2H when upsampling) in ``x``'s dtype; ``bias [1, cout, 1,
+        1]``, ``noise [1 or B, 1, H', W']`` and ``noise_weight [1]`` (or None), ``act`` a leaky ReLU
+        with ``slope`` (None: none). Wide 3x3 layers at batch 1 on the CPU run as
+        :func:`.cpu_layers.winograd_conv3x3` (style on its input, demodulation, bias, noise and
+        activation in its output pass)."""
         B = x.shape[0]
         with _fp32(x.device):
             style = _linear_fp32(latent, self.modulation)                      # [B, cin]
@@ -184,17 +203,26 @@ class ModulatedConv2d(nn.Module):
                 energy = style.square() @ self._weight_energy()                # [B, cout]
                 scale = scale * torch.rsqrt(energy + self.eps)
         if B == 1:
-            w = w * (scale.t() * style)[:, :, None, None]
             if self.upsample:
                 x = _resample(x, 2.0)
+            if self.padding == 1 and cpu_layers.winograd_usable(x, self.weight):
+                return cpu_layers.winograd_conv3x3(x, self.weight, style=style, scale=scale, bias=bias, noise=noise,
+                                                   noise_weight=0.0 if noise is None else float(noise_weight),
+                                                   slope=slope)
+            w = w * (scale.t() * style)[:, :, None, None]
             b = None if bias is None else bias.reshape(-1).to(x.dtype)
-            return F.conv2d(x, w.to(x.dtype), b, padding=self.padding)
-        x = x * style.to(x.dtype)[:, :, None, None]
-        if self.upsample:
-            x = _resample(x, 2.0)
-        out = F.conv2d(x, w.to(x.dtype), padding=self.padding)
-        out = out * scale.to(x.dtype)[:, :, None, None]
-        return out if bias is None else out.add_(bias.to(x.dtype))
+            out = F.conv2d(x, w.to(x.dtype), b, padding=self.padding)
+        else:
+            x = x * style.to(x.dtype)[:, :, None, None]
+            if self.upsample:
+                x = _resample(x, 2.0)
+            out = F.conv2d(x, w.to(x.dtype), padding=self.padding)
+            out = out * scale.to(x.dtype)[:, :, None, None]
+            if bias is not None:
+                out = out.add_(bias.to(x.dtype))
+        if noise is not None:
+            out = out.add_((noise_weight * noise).to(out.dtype))
+        return out if slope is None else F.leaky_relu_(out, slope)
 
 
 class StyleConv(nn.Module):
@@ -208,10 +236,11 @@ class StyleConv(nn.Module):
 
     def forward(self, x: torch.Tensor, latent: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """``noise [1 or B, 1, H', W']`` (None: fresh N(0, 1) per sample) -> ``[B, cout, H', W']``."""
+        if noise is not None:
+            return self.modulated_conv(x, latent, gain=math.sqrt(2.0), bias=self.bias, noise=noise,
+                                       noise_weight=self.weight, slope=LRELU_SLOPE)
         out = self.modulated_conv(x, latent, gain=math.sqrt(2.0), bias=self.bias)
-        if noise is None:
-            noise = fresh_noise(out)
-        out = out.add_((self.weight * noise).to(out.dtype))
+        out = out.add_((self.weight * fresh_noise(out)).to(out.dtype))
         return F.leaky_relu_(out, LRELU_SLOPE)
 
 
@@ -312,6 +341,11 @@ def _sft_branch(ch: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(LRELU_SLOPE, True), nn.Conv2d(ch, 2 * ch, 3, 1, 1))
 
 
+def _branch(branch: nn.Sequential, feat: torch.Tensor) -> torch.Tensor:
+    """``branch(feat)`` for a :func:`_sft_branch`, its convolutions through :func:`_conv`."""
+    return _conv(branch[2], _conv(branch[0], feat, LRELU_SLOPE))
+
+
 class StyleUNet(nn.Module):
     """GAGAvatar neural renderer ``[B, in_dim, S, S] -> [B, out_dim, out_size, out_size]`` in 0..1.
 
@@ -378,13 +412,13 @@ class StyleUNet(nn.Module):
         for block in self.conv_body_down:
             feat = block(feat)
             skips.append(feat)
-        feat = F.leaky_relu_(self.final_conv(feat), LRELU_SLOPE)
+        feat = _conv(self.final_conv, feat, LRELU_SLOPE)
         style_code = _linear_fp32(feat.reshape(feat.shape[0], -1), self.final_linear)
         conditions = []
         for block, skip, to_scale, to_shift in zip(self.conv_body_up, reversed(skips),
                                                    self.condition_scale, self.condition_shift):
             feat = block(feat + skip)
-            conditions.append((to_scale(feat), to_shift(feat)))
+            conditions.append((_branch(to_scale, feat), _branch(to_shift, feat)))
         latent = self.stylegan_decoder.latent(style_code)
         if internals is not None:
             internals.update(style_code=style_code, style_latent=latent,

@@ -16,7 +16,8 @@ threads (ctypes releases the GIL during each call).
 
 The same library holds ``gag_composite_rows``, which :func:`place` calls for :mod:`..framing`:
 avatars' crops resampled into a frame's render passes and composited by depth, rows bottom-up as
-Blender stores them.
+Blender stores them; and ``gag_wino_input`` / ``gag_wino_output``, the transforms of
+:mod:`..networks.cpu_layers`' Winograd convolutions.
 
 Building needs a C99 compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on ``PATH`` (no Python
 or torch headers). The library is cached per source, compiler, platform and CPU under
@@ -72,6 +73,8 @@ _SIGNATURES = {
     "gag_bin_fill": (None, [_i32, _i32, _p, _i32, _p, _p]),
     "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
     "gag_composite_rows": (_i32, [_i32, _p, _p, _p, _p, _p, _p, _p, *[_i32] * 4, _f32, _f32, _p, _p, _p]),
+    "gag_wino_input": (None, [_i32, _i32, _i32, _p, _p, _p, _i32, _i32, _i64, _p]),
+    "gag_wino_output": (None, [_i32, _i32, _i32, _p, _i64, _i32, _i32, _p, _p, _p, _f32, _f32, _p]),
 }
 
 
@@ -157,7 +160,10 @@ def load(path: Path) -> ctypes.CDLL:
     except OSError as exc:
         raise RuntimeError(f"cannot load {path}: {exc}") from None
     for name, (restype, argtypes) in _SIGNATURES.items():
-        fn = getattr(lib, name)
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise RuntimeError(f"{path} has no function {name} (not a build of this version's kernel)") from None
         fn.restype, fn.argtypes = restype, argtypes
     return lib
 
@@ -177,8 +183,9 @@ def library() -> ctypes.CDLL | None:
                 _lib = _build()
             except RuntimeError as exc:
                 _failure = str(exc)
-                warnings.warn(f"the compiled CPU splatting kernel is unavailable ({_failure}); splatting uses "
-                              "the torch rasterizer instead (about 3x slower). Set GAGAVATAR_CPU_KERNEL=0 to silence this.",
+                warnings.warn(f"the compiled CPU kernel is unavailable ({_failure}); splatting uses the torch "
+                              "rasterizer instead (about 3x slower), and the neural renderer oneDNN's convolutions alone "
+                              "(about 5% slower). Set GAGAVATAR_CPU_KERNEL=0 to silence this.",
                               RuntimeWarning, stacklevel=3)
     return _lib
 

@@ -6,6 +6,9 @@
  * preprocessed Gaussians of one camera in compositing order (view depth, ties by index). Per
  * (Gaussian, pixel) the arithmetic is the official kernel's float32 code, operation by operation
  * (built without FMA contraction or fast-math), with exp as a polynomial within about 1 ulp.
+ *
+ * The same library holds the frame compositing of engine/framing.py (gag_composite_rows) and the
+ * Winograd transforms of engine/networks/cpu_layers.py (gag_wino_input, gag_wino_output).
  */
 #include <math.h>
 #include <stdint.h>
@@ -357,4 +360,96 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
     }
     free(block);
     return 0;
+}
+
+/* Winograd F(2x2, 3x3) convolution transforms (engine/networks/winograd.py): a 3x3 convolution
+ * (padding 1) of a 2x2 output tile is, in the transformed domain, 16 elementwise products summed
+ * over the input channels, i.e. 16 matrix products [tiles, C] x [C, Co] (done by torch) between
+ * these two transforms. Transforms: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] on the 4x4
+ * input tile's rows then columns, A^T = [1 1 1 0; 0 1 -1 -1] on the 4x4 product's. Their
+ * coefficients are 0 and +-1, so the float32 error stays that of a direct convolution's sums.
+ * Tiles are numbered t = ty * (W / 2) + tx; H and W are even; activations are channels-last
+ * (NHWC, batch 1); the inner loops run along the channels, contiguous in every buffer. */
+
+/* Input transform of tiles [t0, t1) of x [H, W, C] (zero outside), each channel times style[c]
+ * (NULL: 1): writes V [16, rows, C] at rows t - t0 (V points at the chunk's first tile). zeros:
+ * C zeros, read where the tile overhangs the border. */
+EXPORT void gag_wino_input(int32_t height, int32_t width, int32_t channels, const float *x, const float *style,
+                           const float *zeros, int32_t t0, int32_t t1, int64_t rows, float *out) {
+    const int32_t tiles_x = width / 2;
+    const int64_t plane = rows * channels;   /* between the 16 transformed positions */
+    for (int32_t t = t0; t < t1; t++) {
+        const int32_t ty = t / tiles_x, tx = t % tiles_x;
+        const float *restrict d[16];
+        for (int i = 0; i < 4; i++) {
+            const int32_t y = 2 * ty - 1 + i;
+            for (int j = 0; j < 4; j++) {
+                const int32_t xx = 2 * tx - 1 + j;
+                d[4 * i + j] = y >= 0 && y < height && xx >= 0 && xx < width ? x + ((int64_t)y * width + xx) * channels
+                                                                             : zeros;
+            }
+        }
+        float *restrict v = out + (int64_t)(t - t0) * channels;
+        _Pragma("GCC ivdep")
+        for (int32_t c = 0; c < channels; c++) {
+            float u[4][4];   /* B^T d: rows transformed */
+            for (int j = 0; j < 4; j++) {
+                const float a0 = d[j][c], a1 = d[4 + j][c], a2 = d[8 + j][c], a3 = d[12 + j][c];
+                u[0][j] = a0 - a2;
+                u[1][j] = a1 + a2;
+                u[2][j] = a2 - a1;
+                u[3][j] = a1 - a3;
+            }
+            const float s = style ? style[c] : 1.0f;
+            for (int i = 0; i < 4; i++) {   /* (B^T d) B, times the style */
+                v[(4 * i) * plane + c] = (u[i][0] - u[i][2]) * s;
+                v[(4 * i + 1) * plane + c] = (u[i][1] + u[i][2]) * s;
+                v[(4 * i + 2) * plane + c] = (u[i][2] - u[i][1]) * s;
+                v[(4 * i + 3) * plane + c] = (u[i][1] - u[i][3]) * s;
+            }
+        }
+    }
+}
+
+/* Output transform of tiles [t0, t1) from M [16, rows, Co] (rows t - t0) into out [H, W, Co], with
+ * the epilogue y * scale[c] + bias[c] + noise[pixel] * noise_weight, then leaky ReLU with slope
+ * (when slope >= 0). scale, bias, noise [H, W]: NULL for none. */
+EXPORT void gag_wino_output(int32_t height, int32_t width, int32_t channels, const float *m, int64_t rows,
+                            int32_t t0, int32_t t1, const float *scale, const float *bias, const float *noise,
+                            float noise_weight, float slope, float *out) {
+    const int32_t tiles_x = width / 2;
+    const int64_t plane = rows * channels;
+    (void)height;
+    for (int32_t t = t0; t < t1; t++) {
+        const int32_t ty = t / tiles_x, tx = t % tiles_x;
+        const float *restrict p = m + (int64_t)(t - t0) * channels;
+        float *restrict o[4];
+        float nz[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int r = 0; r < 4; r++) {
+            const int64_t pixel = (int64_t)(2 * ty + r / 2) * width + 2 * tx + r % 2;
+            o[r] = out + pixel * channels;
+            if (noise) nz[r] = noise[pixel] * noise_weight;
+        }
+        _Pragma("GCC ivdep")
+        for (int32_t c = 0; c < channels; c++) {
+            float z[4][2];   /* M A: columns transformed */
+            for (int i = 0; i < 4; i++) {
+                const float m0 = p[(4 * i) * plane + c], m1 = p[(4 * i + 1) * plane + c];
+                const float m2 = p[(4 * i + 2) * plane + c], m3 = p[(4 * i + 3) * plane + c];
+                z[i][0] = m0 + m1 + m2;
+                z[i][1] = m1 - m2 - m3;
+            }
+            const float s = scale ? scale[c] : 1.0f, b = bias ? bias[c] : 0.0f;
+            for (int j = 0; j < 2; j++) {   /* A^T (M A), then the epilogue */
+                float top = (z[0][j] + z[1][j] + z[2][j]) * s + b + nz[j];
+                float bottom = (z[1][j] - z[2][j] - z[3][j]) * s + b + nz[2 + j];
+                if (slope >= 0.0f) {
+                    top = top > 0.0f ? top : top * slope;
+                    bottom = bottom > 0.0f ? bottom : bottom * slope;
+                }
+                o[j][c] = top;
+                o[2 + j][c] = bottom;
+            }
+        }
+    }
 }

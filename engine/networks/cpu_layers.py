@@ -1,0 +1,147 @@
+"""Winograd F(2x2, 3x3) convolutions for the StyleUNet's wide, low-resolution layers on the CPU, at
+inference (``gag_wino_*`` in ``engine/splatting/cpu_kernel.c``, the library of
+:func:`..splatting.cpu_backend.library`).
+
+A 3x3 convolution (stride 1, padding 1) computes each 2x2 output tile from a 4x4 input tile. In
+Winograd's transformed domain that is 16 elementwise products summed over the input channels: 16
+matrix products ``[tiles, C] x [C, Co]`` (torch's ``bmm``), 2.25x fewer multiply-adds than the
+direct form's 9 ``[pixels, C] x [C, Co]``. The input and output transforms (coefficients 0 and
++-1, compiled C) cost a pass over the activations each, so this pays where the channels are many
+and the images small: 256-512 input channels at 32^2-64^2 (the U-Net's bottom levels, the
+decoder's 32^2 and 64^2 levels), 1.2-1.6x the speed of oneDNN's direct convolution on a 2-core
+Xeon, 4-6% of a StyleUNet frame (docs/PERFORMANCE.md). With 128 channels, or at 128^2, it is even
+or slower.
+
+Its float32 error is that of a direct convolution: the transforms only add and subtract, and the
+weight transform's halves are exact. Against float64 it is off by 2-4e-6 where oneDNN's direct
+form is off by 5e-6-1.5e-5 (on unit-variance data). The output transform applies the layer's
+epilogue in the same pass (a per-channel scale, i.e. StyleGAN's demodulation and gain, the bias,
+the noise and the leaky ReLU), the input transform a per-channel input scale (the style), so a
+modulated convolution's weights are transformed once, not per frame.
+
+The transformed weights ``[16, C, Co]`` (16/9 of a weight's memory, 82 MB for the StyleUNet) are
+kept while a weight is unchanged, and freed with it. Used for inference (gradients off) at batch
+1 on float32 CPU tensors where the compiled kernel is available; elsewhere the callers run
+``F.conv2d``.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch import Tensor
+
+from ..splatting import cpu_backend
+
+MIN_CHANNELS = 256
+MIN_PIXELS, MAX_PIXELS = 32 * 32, 64 * 64
+"""Input channels from which, and image sizes for which, the Winograd form is used: where it is
+faster than oneDNN's direct form on the CPU. Below 32^2 it still is, a little (a few ms of a
+frame's 450 on a 2-core Xeon), but its transformed weights would take another 170 MB."""
+PARALLEL_TILES = 256
+"""Tiles from which the transforms are split between the worker threads (below, handing them over
+costs more than it saves)."""
+CHUNK_TILES = 256
+"""Tiles per transform -> matrix product -> transform round at least: a few rounds per layer keep
+each round's buffers in the cache."""
+
+_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+"""The weight transform: ``G g G^T`` of each 3x3 kernel ``g`` is its 4x4 transformed kernel."""
+
+_weights: dict[int, tuple[tuple, Tensor]] = {}
+"""Transformed weights by ``id`` of the weight tensor: ``(key, [16, C, Co])``, ``key`` its storage
+and version; an entry goes with its weight."""
+
+
+def _compiled(*tensors: Tensor) -> bool:
+    """Whether the kernel computes on ``tensors``: float32 on the CPU, batch 1, gradients off
+    (``torch.no_grad`` or ``inference_mode``: the kernel has no backward), not inside
+    ``torch.compile``, no CPU autocast, and the kernel built."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and tensors[0].shape[0] == 1
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and cpu_backend.library() is not None)
+
+
+def winograd_usable(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`winograd_conv3x3` computes ``conv2d(x, weight, padding=1)`` here (and is
+    faster): ``x [1, C, H, W]`` with ``C >= MIN_CHANNELS``, even ``H, W`` and ``MIN_PIXELS <= H W <=
+    MAX_PIXELS``, ``weight [Co, C, 3, 3]``, and :func:`_compiled`."""
+    return (x.dim() == 4 and x.shape[1] >= MIN_CHANNELS and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+            and MIN_PIXELS <= x.shape[2] * x.shape[3] <= MAX_PIXELS and weight.shape[1:] == (x.shape[1], 3, 3)
+            and _compiled(x, weight))
+
+
+def _run(fn, calls: list[tuple]) -> None:
+    """``fn(*call)`` for each call: on the worker threads (:func:`..splatting.cpu_backend._parallel`),
+    or here for a single call."""
+    if len(calls) == 1:
+        fn(*map(cpu_backend._address, calls[0]))
+    else:
+        cpu_backend._parallel(fn, calls)
+
+
+def transformed_weight(weight: Tensor) -> Tensor:
+    """``weight [Co, C, 3, 3]`` -> ``G weight G^T`` as ``[16, C, Co]`` float32 (position ``4 i + j``
+    of the 4x4 tile first), computed in float64; kept while ``weight`` is unchanged."""
+    key = (weight.data_ptr(), weight._version)
+    held = _weights.get(id(weight))
+    if held is not None and held[0] == key:
+        return held[1]
+    if held is None:
+        weakref.finalize(weight, _weights.pop, id(weight), None)
+    g = torch.tensor(_G, dtype=torch.float64)
+    u = torch.einsum("pi,ocij,qj->pqco", g, weight.detach().double(), g)
+    out = u.reshape(16, weight.shape[1], weight.shape[0]).float().contiguous()
+    _weights[id(weight)] = (key, out)
+    return out
+
+
+def winograd_conv3x3(x: Tensor, weight: Tensor, *, style: Tensor | None = None, scale: Tensor | None = None,
+                     bias: Tensor | None = None, noise: Tensor | None = None, noise_weight: float = 0.0,
+                     slope: float | None = None) -> Tensor:
+    """``act(conv2d(x * style, weight, padding=1) * scale + bias + noise * noise_weight)`` by
+    Winograd F(2x2, 3x3), where :func:`winograd_usable` says so.
+
+    Args:
+        x: ``[1, C, H, W]`` float32 CPU, any memory format.
+        weight: ``[Co, C, 3, 3]`` float32 (its transform is kept between calls).
+        style: ``[C]`` per-input-channel factor, or None.
+        scale: ``[Co]`` per-output-channel factor, or None.
+        bias: ``[Co]``, or None.
+        noise: ``[H, W]`` (any shape of ``H * W`` elements), times ``noise_weight``, or None.
+        slope: leaky ReLU slope applied last, or None for none.
+
+    Returns:
+        ``[1, Co, H, W]`` float32, channels-last.
+    """
+    lib = cpu_backend.library()
+    _, channels, height, width = x.shape
+    wt = transformed_weight(weight)
+    out_channels = wt.shape[2]
+    x = x.contiguous(memory_format=torch.channels_last)
+    # Each per-channel or per-pixel vector as the kernel reads it: float32, contiguous.
+    style, scale, bias, noise = (None if v is None else v.detach().reshape(-1).float().contiguous()
+                                 for v in (style, scale, bias, noise))
+    assert style is None or style.numel() == channels
+    assert all(v is None or v.numel() == out_channels for v in (scale, bias))
+    assert noise is None or noise.numel() == height * width
+    tiles = (height // 2) * (width // 2)
+    chunk = min(tiles, max(CHUNK_TILES, math.ceil(tiles / 4)))
+    workers = max(1, torch.get_num_threads()) if tiles >= PARALLEL_TILES else 1
+    zeros = x.new_zeros(channels)
+    v_buffer, m_buffer = x.new_empty(16 * chunk * channels), x.new_empty(16 * chunk * out_channels)
+    out = torch.empty(1, out_channels, height, width, memory_format=torch.channels_last)
+    for c0 in range(0, tiles, chunk):
+        n = min(chunk, tiles - c0)
+        v = v_buffer[:16 * n * channels].view(16, n, channels)
+        m = m_buffer[:16 * n * out_channels].view(16, n, out_channels)
+        bounds = [c0 + n * w // workers for w in range(workers + 1)]
+        parts = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        _run(lib.gag_wino_input, [(height, width, channels, x, style, zeros, a, b, n, v[:, a - c0]) for a, b in parts])
+        torch.bmm(v, wt, out=m)
+        _run(lib.gag_wino_output, [
+            (height, width, out_channels, m[:, a - c0], n, a, b, scale, bias, noise, noise_weight,
+             -1.0 if slope is None else slope, out) for a, b in parts])
+    return out
+
