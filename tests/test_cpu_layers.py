@@ -38,8 +38,8 @@ def _direct(x, w, style, scale, bias, noise, noise_weight, slope):
 
 
 @pytest.mark.parametrize("shape", [(256, 64, 16, 16),     # one round, one thread
-                                   (300, 40, 34, 18),     # odd tile counts, not square
-                                   (32, 16, 50, 46),      # 575 tiles: three rounds (256, 256, 63), two threads
+                                   (300, 48, 34, 18),     # odd tile counts, not square
+                                   (32, 16, 50, 46),      # 575 tiles: blocks of 48 and a part block per thread
                                    (512, 96, 2, 6)])      # one tile row: every tile overhangs the border
 def test_matches_a_float64_convolution_within_float32_rounding(lib, shape):
     channels, out_channels, height, width = shape
@@ -64,9 +64,10 @@ def test_where_it_applies(lib):
     x, w = torch.randn(1, 256, 32, 32), torch.randn(64, 256, 3, 3)
     with torch.no_grad():
         assert cpu_layers.winograd_usable(x, w)
-        assert not cpu_layers.winograd_usable(torch.randn(1, 128, 32, 32), torch.randn(64, 128, 3, 3))   # few channels
-        assert not cpu_layers.winograd_usable(torch.randn(1, 256, 128, 128), w)   # large: oneDNN is faster
+        assert cpu_layers.winograd_usable(torch.randn(1, 64, 512, 512), torch.randn(32, 64, 3, 3))
+        assert not cpu_layers.winograd_usable(torch.randn(1, 32, 64, 64), torch.randn(64, 32, 3, 3))   # few channels
         assert not cpu_layers.winograd_usable(torch.randn(1, 256, 16, 16), w)     # small: not worth its memory
+        assert not cpu_layers.winograd_usable(x, torch.randn(40, 256, 3, 3))      # outputs not in vectors of 16
         assert not cpu_layers.winograd_usable(torch.randn(1, 256, 31, 32), w)     # odd: no 2x2 tiling
         assert not cpu_layers.winograd_usable(torch.randn(2, 256, 32, 32), w)     # a batch
         assert not cpu_layers.winograd_usable(x.double(), w.double())

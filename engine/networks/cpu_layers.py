@@ -26,7 +26,6 @@ kept while a weight is unchanged, and freed with it. Used for inference (gradien
 """
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -34,17 +33,12 @@ from torch import Tensor
 
 from ..splatting import cpu_backend
 
-MIN_CHANNELS = 256
-MIN_PIXELS, MAX_PIXELS = 32 * 32, 64 * 64
-"""Input channels from which, and image sizes for which, the Winograd form is used: where it is
-faster than oneDNN's direct form on the CPU. Below 32^2 it still is, a little (a few ms of a
-frame's 450 on a 2-core Xeon), but its transformed weights would take another 170 MB."""
-PARALLEL_TILES = 256
-"""Tiles from which the transforms are split between the worker threads (below, handing them over
-costs more than it saves)."""
-CHUNK_TILES = 256
-"""Tiles per transform -> matrix product -> transform round at least: a few rounds per layer keep
-each round's buffers in the cache."""
+MIN_CHANNELS = 64
+MIN_PIXELS = 32 * 32
+"""Input channels and image size from which the Winograd form is used: where it is faster than
+oneDNN's direct form on the CPU. Below 32^2 it still is, a little (a few ms of a frame on a 2-core
+Xeon), but the StyleUNet's layers there have 256-512 channels, and their transformed weights would
+take another 170 MB."""
 
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 """The weight transform: ``G g G^T`` of each 3x3 kernel ``g`` is its 4x4 transformed kernel."""
@@ -65,20 +59,11 @@ def _compiled(*tensors: Tensor) -> bool:
 
 def winograd_usable(x: Tensor, weight: Tensor) -> bool:
     """Whether :func:`winograd_conv3x3` computes ``conv2d(x, weight, padding=1)`` here (and is
-    faster): ``x [1, C, H, W]`` with ``C >= MIN_CHANNELS``, even ``H, W`` and ``MIN_PIXELS <= H W <=
-    MAX_PIXELS``, ``weight [Co, C, 3, 3]``, and :func:`_compiled`."""
+    faster): ``x [1, C, H, W]`` with ``C >= MIN_CHANNELS``, even ``H, W`` and ``H W >= MIN_PIXELS``,
+    ``weight [Co, C, 3, 3]`` with ``Co`` a multiple of 16, and :func:`_compiled`."""
     return (x.dim() == 4 and x.shape[1] >= MIN_CHANNELS and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
-            and MIN_PIXELS <= x.shape[2] * x.shape[3] <= MAX_PIXELS and weight.shape[1:] == (x.shape[1], 3, 3)
-            and _compiled(x, weight))
-
-
-def _run(fn, calls: list[tuple]) -> None:
-    """``fn(*call)`` for each call: on the worker threads (:func:`..splatting.cpu_backend._parallel`),
-    or here for a single call."""
-    if len(calls) == 1:
-        fn(*map(cpu_backend._address, calls[0]))
-    else:
-        cpu_backend._parallel(fn, calls)
+            and x.shape[2] * x.shape[3] >= MIN_PIXELS and weight.shape[1:] == (x.shape[1], 3, 3)
+            and weight.shape[0] % 16 == 0 and _compiled(x, weight))
 
 
 def transformed_weight(weight: Tensor) -> Tensor:
@@ -104,8 +89,8 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, *, style: Tensor | None = None, 
     Winograd F(2x2, 3x3), where :func:`winograd_usable` says so.
 
     Args:
-        x: ``[1, C, H, W]`` float32 CPU, any memory format.
-        weight: ``[Co, C, 3, 3]`` float32 (its transform is kept between calls).
+        x: ``[1, C, H, W]`` float32 CPU (H, W even), any memory format.
+        weight: ``[Co, C, 3, 3]`` float32, ``Co`` a multiple of 16 (its transform is kept between calls).
         style: ``[C]`` per-input-channel factor, or None.
         scale: ``[Co]`` per-output-channel factor, or None.
         bias: ``[Co]``, or None.
@@ -123,25 +108,24 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, *, style: Tensor | None = None, 
     # Each per-channel or per-pixel vector as the kernel reads it: float32, contiguous.
     style, scale, bias, noise = (None if v is None else v.detach().reshape(-1).float().contiguous()
                                  for v in (style, scale, bias, noise))
+    # What the kernel indexes by, checked (it writes the output through them).
+    assert height % 2 == 0 and width % 2 == 0 and out_channels % 16 == 0 and wt.shape[1] == channels
     assert style is None or style.numel() == channels
     assert all(v is None or v.numel() == out_channels for v in (scale, bias))
     assert noise is None or noise.numel() == height * width
-    tiles = (height // 2) * (width // 2)
-    chunk = min(tiles, max(CHUNK_TILES, math.ceil(tiles / 4)))
-    workers = max(1, torch.get_num_threads()) if tiles >= PARALLEL_TILES else 1
-    zeros = x.new_zeros(channels)
-    v_buffer, m_buffer = x.new_empty(16 * chunk * channels), x.new_empty(16 * chunk * out_channels)
     out = torch.empty(1, out_channels, height, width, memory_format=torch.channels_last)
-    for c0 in range(0, tiles, chunk):
-        n = min(chunk, tiles - c0)
-        v = v_buffer[:16 * n * channels].view(16, n, channels)
-        m = m_buffer[:16 * n * out_channels].view(16, n, out_channels)
-        bounds = [c0 + n * w // workers for w in range(workers + 1)]
-        parts = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-        _run(lib.gag_wino_input, [(height, width, channels, x, style, zeros, a, b, n, v[:, a - c0]) for a, b in parts])
-        torch.bmm(v, wt, out=m)
-        _run(lib.gag_wino_output, [
-            (height, width, out_channels, m[:, a - c0], n, a, b, scale, bias, noise, noise_weight,
-             -1.0 if slope is None else slope, out) for a, b in parts])
+    args = (height, width, channels, out_channels, x, wt, style, scale, bias, noise, noise_weight,
+            -1.0 if slope is None else slope)
+    tiles = (height // 2) * (width // 2)
+    if team := cpu_backend.openmp():
+        # On torch's OpenMP threads: they spin a while after torch's own work, and would take cores
+        # from other threads (this runs 10% slower on our worker threads in the StyleUNet).
+        failed = lib.gag_wino_conv_team(*team, *map(cpu_backend._address, args), 0, tiles, out.data_ptr())
+    else:
+        workers = max(1, torch.get_num_threads())
+        bounds = [tiles * w // workers for w in range(workers + 1)]
+        failed = any(cpu_backend._parallel(lib.gag_wino_conv, [(*args, a, b, out) for a, b in zip(bounds, bounds[1:])
+                                                                if b > a]))
+    if failed:
+        raise MemoryError("out of memory in a Winograd convolution")
     return out
-

@@ -16,8 +16,7 @@ threads (ctypes releases the GIL during each call).
 
 The same library holds ``gag_composite_rows``, which :func:`place` calls for :mod:`..framing`:
 avatars' crops resampled into a frame's render passes and composited by depth, rows bottom-up as
-Blender stores them; and ``gag_wino_input`` / ``gag_wino_output``, the transforms of
-:mod:`..networks.cpu_layers`' Winograd convolutions.
+Blender stores them; and ``gag_wino_conv``, :mod:`..networks.cpu_layers`' Winograd convolutions.
 
 Building needs a C99 compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on ``PATH`` (no Python
 or torch headers). The library is cached per source, compiler, platform and CPU under
@@ -33,6 +32,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -65,6 +65,8 @@ _failure: str | None = None
 _cache_dir: Path | None = None
 _pool: tuple[ThreadPoolExecutor, int, int] | None = None
 """The worker pool, its size and the process that made it."""
+_openmp: tuple[int, int, int] | None | bool = False
+""":func:`openmp`'s result; False until looked up."""
 
 _p = ctypes.c_void_p
 _i32, _i64, _f32 = ctypes.c_int32, ctypes.c_int64, ctypes.c_float
@@ -73,8 +75,8 @@ _SIGNATURES = {
     "gag_bin_fill": (None, [_i32, _i32, _p, _i32, _p, _p]),
     "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
     "gag_composite_rows": (_i32, [_i32, _p, _p, _p, _p, _p, _p, _p, *[_i32] * 4, _f32, _f32, _p, _p, _p]),
-    "gag_wino_input": (None, [_i32, _i32, _i32, _p, _p, _p, _i32, _i32, _i64, _p]),
-    "gag_wino_output": (None, [_i32, _i32, _i32, _p, _i64, _i32, _i32, _p, _p, _p, _f32, _f32, _p]),
+    "gag_wino_conv": (_i32, [*[_i32] * 4, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
+    "gag_wino_conv_team": (_i32, [_p, _p, _p, *[_i32] * 4, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
 }
 
 
@@ -200,6 +202,41 @@ def reset() -> None:
     global _lib, _failure
     with _lock:
         _lib, _failure = None, None
+
+
+def openmp() -> tuple[int, int, int] | None:
+    """Addresses of ``GOMP_parallel``, ``omp_get_thread_num`` and ``omp_get_num_threads`` in the
+    OpenMP runtime torch runs its CPU threads with, for kernels that run on torch's own threads
+    (``gag_wino_conv_team``); ``None`` where torch has no OpenMP or its runtime is not found.
+
+    The runtime is the one loaded from torch's folder (Linux: among the process's mapped files;
+    elsewhere: ``torch/lib``), else any loaded ``libgomp`` / ``libomp`` / ``libiomp5``; LLVM's and
+    Intel's runtimes export the GNU entry points too. Looked up once per process."""
+    global _openmp
+    if _openmp is False:
+        _openmp = _find_openmp()
+    return _openmp
+
+
+def _find_openmp() -> tuple[int, int, int] | None:
+    if not torch._C.has_openmp:
+        return None
+    torch_dir = Path(torch.__file__).resolve().parent
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+    except OSError:
+        loaded = {str(p) for p in (torch_dir / "lib").glob("*omp*")}
+    runtimes = sorted((p for p in loaded if re.match(r"lib(g|i|)omp[^/]*\.(so|dylib|dll)", Path(p).name)),
+                      key=lambda p: not Path(p).resolve().is_relative_to(torch_dir))
+    for path in runtimes:
+        try:
+            lib = ctypes.CDLL(path)   # already loaded: the same runtime and its threads
+            return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                         for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"))
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def _threads() -> tuple[ThreadPoolExecutor, int]:

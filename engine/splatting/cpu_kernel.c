@@ -8,7 +8,7 @@
  * (built without FMA contraction or fast-math), with exp as a polynomial within about 1 ulp.
  *
  * The same library holds the frame compositing of engine/framing.py (gag_composite_rows) and the
- * Winograd transforms of engine/networks/cpu_layers.py (gag_wino_input, gag_wino_output).
+ * Winograd convolutions of engine/networks/cpu_layers.py (gag_wino_conv).
  */
 #include <math.h>
 #include <stdint.h>
@@ -362,24 +362,42 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
     return 0;
 }
 
-/* Winograd F(2x2, 3x3) convolution transforms (engine/networks/winograd.py): a 3x3 convolution
- * (padding 1) of a 2x2 output tile is, in the transformed domain, 16 elementwise products summed
- * over the input channels, i.e. 16 matrix products [tiles, C] x [C, Co] (done by torch) between
- * these two transforms. Transforms: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] on the 4x4
- * input tile's rows then columns, A^T = [1 1 1 0; 0 1 -1 -1] on the 4x4 product's. Their
- * coefficients are 0 and +-1, so the float32 error stays that of a direct convolution's sums.
- * Tiles are numbered t = ty * (W / 2) + tx; H and W are even; activations are channels-last
- * (NHWC, batch 1); the inner loops run along the channels, contiguous in every buffer. */
+/* Winograd F(2x2, 3x3) convolutions (engine/networks/cpu_layers.py). A 3x3 convolution (padding 1)
+ * of a 2x2 output tile is, in Winograd's transformed domain, 16 elementwise products summed over
+ * the input channels: 16 matrix products [tiles, C] x [C, Co]. Per block of WINO_TILES tiles: the
+ * input transform B^T d B (B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], rows then columns of the
+ * 4x4 input tile), the 16 products against the transformed weights, and the output transform
+ * A^T m A (A^T = [1 1 1 0; 0 1 -1 -1]) with the layer's epilogue, so that a block's buffers stay in
+ * the cache. The transforms only add and subtract: the float32 error stays that of a direct
+ * convolution's sums. The products are the one place in this file where the compiler contracts
+ * multiply-adds into FMA (WINO_CONTRACT): each is a sum over the channels in channel order, one
+ * output per lane, so any vector width gives the same bits. Tiles are numbered t = ty * (W / 2) +
+ * tx; H and W are even; activations are channels-last (NHWC, batch 1). */
+#define WINO_TILES 48   /* tiles per block, a multiple of WINO_ROWS */
+#define WINO_ROWS 12    /* tiles per register block of the products */
+#define WINO_DEPTH 256  /* input channels per pass of the products (the operands stay in L1/L2) */
+#define WINO_PAD 16     /* floats between the 16 planes of a block: off multiples of 4 KB, which
+                         * would map all 16 to one cache set */
+#if defined(__clang__)
+#define WINO_CONTRACT _Pragma("clang fp contract(fast)")
+#define WINO_CONTRACT_ATTR
+#else
+#define WINO_CONTRACT
+#define WINO_CONTRACT_ATTR __attribute__((optimize("fp-contract=fast")))
+#endif
 
-/* Input transform of tiles [t0, t1) of x [H, W, C] (zero outside), each channel times style[c]
- * (NULL: 1): writes V [16, rows, C] at rows t - t0 (V points at the chunk's first tile). zeros:
- * C zeros, read where the tile overhangs the border. */
-EXPORT void gag_wino_input(int32_t height, int32_t width, int32_t channels, const float *x, const float *style,
-                           const float *zeros, int32_t t0, int32_t t1, int64_t rows, float *out) {
+/* Input transform of tiles [t0, t0 + n) of x [H, W, C] (zero outside), each channel times style[c]
+ * (NULL: 1), into v [16][WINO_TILES][C] (planes plane floats apart); rows n.. are zeros. */
+static void wino_input(int32_t height, int32_t width, int32_t channels, const float *x, const float *style,
+                       const float *zeros, int32_t t0, int32_t n, int64_t plane, float *v) {
     const int32_t tiles_x = width / 2;
-    const int64_t plane = rows * channels;   /* between the 16 transformed positions */
-    for (int32_t t = t0; t < t1; t++) {
-        const int32_t ty = t / tiles_x, tx = t % tiles_x;
+    for (int32_t k = 0; k < WINO_TILES; k++) {
+        float *restrict o = v + (int64_t)k * channels;
+        if (k >= n) {
+            for (int p = 0; p < 16; p++) memset(o + p * plane, 0, sizeof(float) * (size_t)channels);
+            continue;
+        }
+        const int32_t t = t0 + k, ty = t / tiles_x, tx = t % tiles_x;
         const float *restrict d[16];
         for (int i = 0; i < 4; i++) {
             const int32_t y = 2 * ty - 1 + i;
@@ -389,7 +407,6 @@ EXPORT void gag_wino_input(int32_t height, int32_t width, int32_t channels, cons
                                                                              : zeros;
             }
         }
-        float *restrict v = out + (int64_t)(t - t0) * channels;
         _Pragma("GCC ivdep")
         for (int32_t c = 0; c < channels; c++) {
             float u[4][4];   /* B^T d: rows transformed */
@@ -402,27 +419,72 @@ EXPORT void gag_wino_input(int32_t height, int32_t width, int32_t channels, cons
             }
             const float s = style ? style[c] : 1.0f;
             for (int i = 0; i < 4; i++) {   /* (B^T d) B, times the style */
-                v[(4 * i) * plane + c] = (u[i][0] - u[i][2]) * s;
-                v[(4 * i + 1) * plane + c] = (u[i][1] + u[i][2]) * s;
-                v[(4 * i + 2) * plane + c] = (u[i][2] - u[i][1]) * s;
-                v[(4 * i + 3) * plane + c] = (u[i][1] - u[i][3]) * s;
+                o[(4 * i) * plane + c] = (u[i][0] - u[i][2]) * s;
+                o[(4 * i + 1) * plane + c] = (u[i][1] + u[i][2]) * s;
+                o[(4 * i + 2) * plane + c] = (u[i][2] - u[i][1]) * s;
+                o[(4 * i + 3) * plane + c] = (u[i][1] - u[i][3]) * s;
             }
         }
     }
 }
 
-/* Output transform of tiles [t0, t1) from M [16, rows, Co] (rows t - t0) into out [H, W, Co], with
- * the epilogue y * scale[c] + bias[c] + noise[pixel] * noise_weight, then leaky ReLU with slope
- * (when slope >= 0). scale, bias, noise [H, W]: NULL for none. */
-EXPORT void gag_wino_output(int32_t height, int32_t width, int32_t channels, const float *m, int64_t rows,
-                            int32_t t0, int32_t t1, const float *scale, const float *bias, const float *noise,
-                            float noise_weight, float slope, float *out) {
+/* m [WINO_TILES][Co] = v [WINO_TILES][C] @ u [C][Co] (Co a multiple of LANES): register blocks of
+ * WINO_ROWS tiles x 2 vectors of outputs, the channels in passes of WINO_DEPTH. */
+WINO_CONTRACT_ATTR static void wino_product(int32_t channels, int32_t out_channels, const float *v, const float *u,
+                                            float *m) {
+    WINO_CONTRACT
+    for (int32_t c0 = 0; c0 < channels; c0 += WINO_DEPTH) {
+        const int32_t c1 = channels - c0 < WINO_DEPTH ? channels : c0 + WINO_DEPTH;
+        for (int32_t j0 = 0; j0 < out_channels; j0 += 2 * LANES) {
+            const int two = out_channels - j0 >= 2 * LANES;
+            for (int32_t r0 = 0; r0 < WINO_TILES; r0 += WINO_ROWS) {
+                vf acc0[WINO_ROWS], acc1[WINO_ROWS];
+                float *restrict mo = m + (int64_t)r0 * out_channels + j0;
+                for (int i = 0; i < WINO_ROWS; i++) {
+                    acc0[i] = acc1[i] = (vf){0};
+                    if (c0 > 0) {   /* a later pass adds to the earlier ones */
+                        memcpy(&acc0[i], mo + (int64_t)i * out_channels, sizeof(vf));
+                        if (two) memcpy(&acc1[i], mo + (int64_t)i * out_channels + LANES, sizeof(vf));
+                    }
+                }
+                const float *restrict a = v + (int64_t)r0 * channels;
+                if (two) {
+                    for (int32_t c = c0; c < c1; c++) {
+                        vf b0, b1;
+                        memcpy(&b0, u + (int64_t)c * out_channels + j0, sizeof b0);
+                        memcpy(&b1, u + (int64_t)c * out_channels + j0 + LANES, sizeof b1);
+                        for (int i = 0; i < WINO_ROWS; i++) {
+                            const float s = a[(int64_t)i * channels + c];
+                            acc0[i] += s * b0;
+                            acc1[i] += s * b1;
+                        }
+                    }
+                } else {
+                    for (int32_t c = c0; c < c1; c++) {
+                        vf b0;
+                        memcpy(&b0, u + (int64_t)c * out_channels + j0, sizeof b0);
+                        for (int i = 0; i < WINO_ROWS; i++) acc0[i] += a[(int64_t)i * channels + c] * b0;
+                    }
+                }
+                for (int i = 0; i < WINO_ROWS; i++) {
+                    memcpy(mo + (int64_t)i * out_channels, &acc0[i], sizeof(vf));
+                    if (two) memcpy(mo + (int64_t)i * out_channels + LANES, &acc1[i], sizeof(vf));
+                }
+            }
+        }
+    }
+}
+
+/* Output transform of tiles [t0, t0 + n) from m [16][WINO_TILES][Co] (planes plane floats apart)
+ * into out [H, W, Co], with the epilogue y * scale[c] + bias[c] + noise[pixel] * noise_weight,
+ * then leaky ReLU with slope (when slope >= 0); scale, bias, noise [H, W]: NULL for none. */
+static void wino_output(int32_t width, int32_t channels, const float *m, int64_t plane, int32_t t0, int32_t n,
+                        const float *scale, const float *bias, const float *noise, float noise_weight, float slope,
+                        float *out) {
     const int32_t tiles_x = width / 2;
-    const int64_t plane = rows * channels;
-    (void)height;
-    for (int32_t t = t0; t < t1; t++) {
-        const int32_t ty = t / tiles_x, tx = t % tiles_x;
-        const float *restrict p = m + (int64_t)(t - t0) * channels;
+    for (int32_t k = 0; k < n; k++) {
+        const int32_t t = t0 + k, ty = t / tiles_x, tx = t % tiles_x;
+        const float *restrict p = m + (int64_t)k * channels;
         float *restrict o[4];
         float nz[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int r = 0; r < 4; r++) {
@@ -432,7 +494,7 @@ EXPORT void gag_wino_output(int32_t height, int32_t width, int32_t channels, con
         }
         _Pragma("GCC ivdep")
         for (int32_t c = 0; c < channels; c++) {
-            float z[4][2];   /* M A: columns transformed */
+            float z[4][2];   /* m A: columns transformed */
             for (int i = 0; i < 4; i++) {
                 const float m0 = p[(4 * i) * plane + c], m1 = p[(4 * i + 1) * plane + c];
                 const float m2 = p[(4 * i + 2) * plane + c], m3 = p[(4 * i + 3) * plane + c];
@@ -440,7 +502,7 @@ EXPORT void gag_wino_output(int32_t height, int32_t width, int32_t channels, con
                 z[i][1] = m1 - m2 - m3;
             }
             const float s = scale ? scale[c] : 1.0f, b = bias ? bias[c] : 0.0f;
-            for (int j = 0; j < 2; j++) {   /* A^T (M A), then the epilogue */
+            for (int j = 0; j < 2; j++) {   /* A^T (m A), then the epilogue */
                 float top = (z[0][j] + z[1][j] + z[2][j]) * s + b + nz[j];
                 float bottom = (z[1][j] - z[2][j] - z[3][j]) * s + b + nz[2 + j];
                 if (slope >= 0.0f) {
@@ -452,4 +514,70 @@ EXPORT void gag_wino_output(int32_t height, int32_t width, int32_t channels, con
             }
         }
     }
+}
+
+/* act(conv3x3(x * style, weight) * scale + bias + noise * noise_weight) for output tiles [t0, t1):
+ * x [H, W, C], weight the transformed [16, C, Co] (Co a multiple of 16), out [H, W, Co]; style
+ * [C], scale and bias [Co], noise [H, W] or NULL; leaky ReLU with slope where slope >= 0.
+ * Returns 0, or 1 when it cannot allocate its block buffers (nothing written then). */
+EXPORT int32_t gag_wino_conv(int32_t height, int32_t width, int32_t channels, int32_t out_channels, const float *x,
+                             const float *weight, const float *style, const float *scale, const float *bias,
+                             const float *noise, float noise_weight, float slope, int32_t t0, int32_t t1, float *out) {
+    const int64_t vplane = (int64_t)WINO_TILES * channels + WINO_PAD, mplane = (int64_t)WINO_TILES * out_channels + WINO_PAD;
+    float *v = malloc(sizeof(float) * (size_t)(16 * vplane + 16 * mplane + channels));
+    if (!v) return 1;
+    float *m = v + 16 * vplane, *zeros = m + 16 * mplane;
+    memset(zeros, 0, sizeof(float) * (size_t)channels);
+    for (int32_t b = t0; b < t1; b += WINO_TILES) {
+        const int32_t n = t1 - b < WINO_TILES ? t1 - b : WINO_TILES;
+        wino_input(height, width, channels, x, style, zeros, b, n, vplane, v);
+        for (int p = 0; p < 16; p++)
+            wino_product(channels, out_channels, v + p * vplane, weight + (int64_t)p * channels * out_channels,
+                         m + p * mplane);
+        wino_output(width, out_channels, m, mplane, b, n, scale, bias, noise, noise_weight, slope, out);
+    }
+    free(v);
+    return 0;
+}
+
+/* gag_wino_conv over output tiles [t0, t1) split between the threads of an OpenMP team: torch's own
+ * runtime, whose entry points cpu_backend.py passes in (no link to an OpenMP library here). Its
+ * threads spin for a while after each of torch's parallel regions; threads of our own would share
+ * the cores with them, the team's take the work. Returns what gag_wino_conv returns (1 if any
+ * thread could not allocate). */
+typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_query_t)(void);
+struct wino_job {
+    omp_query_t thread_num, num_threads;
+    int32_t height, width, channels, out_channels, t0, t1;
+    const float *x, *weight, *style, *scale, *bias, *noise;
+    float noise_weight, slope;
+    float *out;
+    volatile int32_t failed;
+};
+
+static void wino_job_part(void *data) {
+    struct wino_job *j = data;
+    const int64_t i = j->thread_num(), n = j->num_threads(), span = (int64_t)j->t1 - j->t0;
+    const int32_t a = j->t0 + (int32_t)(span * i / n), b = j->t0 + (int32_t)(span * (i + 1) / n);
+    if (b > a && gag_wino_conv(j->height, j->width, j->channels, j->out_channels, j->x, j->weight, j->style, j->scale,
+                               j->bias, j->noise, j->noise_weight, j->slope, a, b, j->out))
+        j->failed = 1;
+}
+
+EXPORT int32_t gag_wino_conv_team(const void *gomp_parallel, const void *thread_num, const void *num_threads,
+                                  int32_t height, int32_t width, int32_t channels, int32_t out_channels, const float *x,
+                                  const float *weight, const float *style, const float *scale, const float *bias,
+                                  const float *noise, float noise_weight, float slope, int32_t t0, int32_t t1,
+                                  float *out) {
+    struct wino_job job = {0};
+    gomp_parallel_t parallel;
+    memcpy(&parallel, &gomp_parallel, sizeof parallel);   /* object to function pointer, as dlsym's are */
+    memcpy(&job.thread_num, &thread_num, sizeof job.thread_num);
+    memcpy(&job.num_threads, &num_threads, sizeof job.num_threads);
+    job.height = height; job.width = width; job.channels = channels; job.out_channels = out_channels;
+    job.t0 = t0; job.t1 = t1; job.x = x; job.weight = weight; job.style = style; job.scale = scale;
+    job.bias = bias; job.noise = noise; job.noise_weight = noise_weight; job.slope = slope; job.out = out;
+    parallel(wino_job_part, &job, 0, 0);   /* 0 threads: the team size torch set (omp_set_num_threads) */
+    return job.failed;
 }
