@@ -2,6 +2,8 @@
 convolutions, where they apply, the transformed weights they keep, and the network through them.
 test_style_unet.py checks the network against the conformance kit with them in use."""
 import gc
+import platform
+import subprocess
 
 import pytest
 import torch
@@ -50,6 +52,20 @@ def test_matches_a_float64_convolution_within_float32_rounding(lib, shape):
         direct_error = (_direct(x, w, **epilogue).double() - reference).abs().max().item()
     assert out.shape == (1, out_channels, height, width) and out.is_contiguous(memory_format=torch.channels_last)
     # Float32 rounding of a few 1e-6 on unit-scale outputs (a wrong tap or sign would be 1e-1).
+    assert (out.double() - reference).abs().max().item() <= max(3 * direct_error, 5e-6)
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 16, 16), (96, 16, 5, 9), (256, 48, 1, 3)])
+def test_upsampling_on_the_way_is_bilinear_upsampling_first(lib, shape):
+    channels, out_channels, height, width = shape
+    x, w, epilogue = _layer(channels, out_channels, 2 * height, 2 * width, seed=2)
+    x = x[:, :, :height, :width]
+    up = F.interpolate(x.double(), scale_factor=2.0, mode="bilinear", align_corners=False)
+    reference = _direct(up, w.double(), **epilogue)
+    with torch.no_grad():
+        out = cpu_layers.winograd_conv3x3(x, w, upsample=True, **epilogue)
+        direct_error = (_direct(up.float(), w, **epilogue).double() - reference).abs().max().item()
+    assert out.shape == (1, out_channels, 2 * height, 2 * width)
     assert (out.double() - reference).abs().max().item() <= max(3 * direct_error, 5e-6)
 
 
@@ -106,6 +122,53 @@ def test_transformed_weights_are_kept_until_the_weight_changes_or_goes(lib):
     assert key not in cpu_layers._weights
 
 
+def test_the_same_bits_on_torch_threads_or_ours_and_any_thread_count(lib, monkeypatch):
+    x, w, epilogue = _layer(128, 64, 36, 20, seed=3)
+    assert cpu_backend.openmp() is not None   # torch's OpenMP runtime found (Linux, torch with OpenMP)
+    with torch.no_grad():
+        on_team = cpu_layers.winograd_conv3x3(x, w, **epilogue)
+        monkeypatch.setattr(cpu_backend, "_openmp", None)   # as where no OpenMP runtime is found: our pool
+        outs = []
+        for threads in (1, 2, 3):
+            monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+            outs.append(cpu_layers.winograd_conv3x3(x, w, **epilogue))
+    assert all(torch.equal(on_team, out) for out in outs)
+
+
+def _has_fma() -> bool:
+    try:
+        return platform.machine() in ("x86_64", "AMD64") and " fma " in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_fma(), reason="builds with -mfma: an x86 CPU with FMA")
+def test_every_vector_width_gives_the_same_bits(lib, tmp_path):
+    """4, 8 or 16 floats per vector (SSE/NEON, AVX2, AVX-512 builds, all with FMA) compute alike."""
+    x, w, epilogue = _layer(96, 48, 20, 14, seed=4)
+    x = x.contiguous(memory_format=torch.channels_last)
+    wt = cpu_layers.transformed_weight(w)
+    style, scale, bias = (epilogue[k].contiguous() for k in ("style", "scale", "bias"))
+    outs = []
+    for lanes in (4, 8, 16, None):
+        if lanes is None:
+            build = lib
+        else:
+            path = tmp_path / f"lanes{lanes}.so"
+            subprocess.run([*cpu_backend._compiler(), *cpu_backend.FLAGS, "-mfma", f"-DLANES={lanes}", "-o", str(path),
+                            str(cpu_backend.SOURCE), "-lm"], check=True, capture_output=True)
+            build = cpu_backend.load(path)
+        out = torch.empty(1, 48, 20, 14, memory_format=torch.channels_last)
+        assert build.gag_wino_conv(20, 14, 96, 48, 0, x.data_ptr(), wt.data_ptr(), style.data_ptr(), scale.data_ptr(),
+                                   bias.data_ptr(), epilogue["noise"].data_ptr(), 0.3, 0.2, 0, 70, out.data_ptr()) == 0
+        outs.append(out)
+    torch.testing.assert_close(outs[0], F.leaky_relu(F.conv2d(x * style[:, None, None], w, padding=1)
+                                                     * scale[:, None, None] + bias[:, None, None]
+                                                     + 0.3 * epilogue["noise"], 0.2), atol=1e-5, rtol=0)
+    for other in outs[1:]:
+        assert torch.equal(outs[0], other)
+
+
 @pytest.fixture(scope="module")
 def unet():
     """A StyleUNet at 64^2: its 256- and 512-channel layers at 32^2-64^2 are Winograd's."""
@@ -117,11 +180,13 @@ def test_the_network_uses_it_at_inference_and_agrees_with_oneDNN(lib, unet, monk
     x = torch.rand(1, 32, 64, 64, generator=torch.Generator().manual_seed(1)) * 0.5
     calls = []
     winograd = cpu_layers.winograd_conv3x3
-    monkeypatch.setattr(cpu_layers, "winograd_conv3x3", lambda *a, **k: calls.append(a[0].shape) or winograd(*a, **k))
+    monkeypatch.setattr(cpu_layers, "winograd_conv3x3",
+                        lambda *a, **k: calls.append((a[0].shape[2] * (1 + k["upsample"]), k["upsample"])) or winograd(*a, **k))
     with torch.no_grad():
         out = unet.forward_with_internals(x)
     # Encoder, SFT branch and decoder (modulated) convolutions with 256+ input channels, 32^2-64^2.
-    assert len(calls) >= 8 and {s[2] for s in calls} == {32, 64}
+    assert len(calls) >= 8 and {size for size, _ in calls} == {32, 64}
+    assert sum(upsample for _, upsample in calls) >= 2   # the ResBlock's and the decoder's upsampling convolutions
     calls.clear()
     monkeypatch.setattr(cpu_layers, "MIN_CHANNELS", 10 ** 9)   # oneDNN's direct convolutions throughout
     with torch.no_grad():

@@ -1,25 +1,31 @@
-"""Winograd F(2x2, 3x3) convolutions for the StyleUNet's wide, low-resolution layers on the CPU, at
-inference (``gag_wino_*`` in ``engine/splatting/cpu_kernel.c``, the library of
-:func:`..splatting.cpu_backend.library`).
+"""Winograd F(2x2, 3x3) convolutions for the StyleUNet on the CPU, at inference (``gag_wino_conv``
+in ``engine/splatting/cpu_kernel.c``, the library of :func:`..splatting.cpu_backend.library`).
 
 A 3x3 convolution (stride 1, padding 1) computes each 2x2 output tile from a 4x4 input tile. In
 Winograd's transformed domain that is 16 elementwise products summed over the input channels: 16
-matrix products ``[tiles, C] x [C, Co]`` (torch's ``bmm``), 2.25x fewer multiply-adds than the
-direct form's 9 ``[pixels, C] x [C, Co]``. The input and output transforms (coefficients 0 and
-+-1, compiled C) cost a pass over the activations each, so this pays where the channels are many
-and the images small: 256-512 input channels at 32^2-64^2 (the U-Net's bottom levels, the
-decoder's 32^2 and 64^2 levels), 1.2-1.6x the speed of oneDNN's direct convolution on a 2-core
-Xeon, 4-6% of a StyleUNet frame (docs/PERFORMANCE.md). With 128 channels, or at 128^2, it is even
-or slower.
+matrix products ``[tiles, C] x [C, Co]``, 2.25x fewer multiply-adds than the direct form's 9
+``[pixels, C] x [C, Co]``. The kernel does it in blocks of 48 tiles whose input transform,
+products (FMA register blocks) and output transform stay in the cache, and:
 
-Its float32 error is that of a direct convolution: the transforms only add and subtract, and the
-weight transform's halves are exact. Against float64 it is off by 2-4e-6 where oneDNN's direct
-form is off by 5e-6-1.5e-5 (on unit-variance data). The output transform applies the layer's
-epilogue in the same pass (a per-channel scale, i.e. StyleGAN's demodulation and gain, the bias,
-the noise and the leaky ReLU), the input transform a per-channel input scale (the style), so a
-modulated convolution's weights are transformed once, not per frame.
+* applies the layer's epilogue in the output transform (a per-channel scale, i.e. StyleGAN's
+  demodulation and gain, the bias, the noise and the leaky ReLU) and a per-channel input scale
+  (the style) in the input transform, so a modulated convolution's weights are transformed once,
+  not per frame;
+* upsamples its input x2 on the way where the network convolves an upsampled image (the
+  decoder's first convolution of each level, the U-Net's ResBlock(up)): bilinear weights of 3x3
+  source pixels per tile, instead of a pass that writes and reads an image 4x larger;
+* runs on torch's own OpenMP threads (:func:`..splatting.cpu_backend.openmp`): they spin for a
+  while after each of torch's parallel regions, and took the cores from threads of our own (10%
+  of the network); elsewhere on the worker threads of :mod:`..splatting.cpu_backend`.
 
-The transformed weights ``[16, C, Co]`` (16/9 of a weight's memory, 82 MB for the StyleUNet) are
+Its float32 error is that of a direct convolution: the transforms only add and subtract and the
+weight transform's halves are exact (2-4e-6 against float64 on unit-variance data, where oneDNN's
+direct form is off by 5e-6-1.5e-5); per output, the sums run in channel order whatever the vector
+width and thread count. From 64 input channels at 32^2 and up, the layers run 1.1-1.5x the speed
+of oneDNN's direct convolution on a 2-core Xeon, and the StyleUNet x1.2 (docs/PERFORMANCE.md);
+with 32 channels or fewer they do not gain.
+
+The transformed weights ``[16, C, Co]`` (16/9 of a weight's memory, 99 MB for the StyleUNet) are
 kept while a weight is unchanged, and freed with it. Used for inference (gradients off) at batch
 1 on float32 CPU tensors where the compiled kernel is available; elsewhere the callers run
 ``F.conv2d``.
@@ -57,12 +63,14 @@ def _compiled(*tensors: Tensor) -> bool:
             and cpu_backend.library() is not None)
 
 
-def winograd_usable(x: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`winograd_conv3x3` computes ``conv2d(x, weight, padding=1)`` here (and is
-    faster): ``x [1, C, H, W]`` with ``C >= MIN_CHANNELS``, even ``H, W`` and ``H W >= MIN_PIXELS``,
-    ``weight [Co, C, 3, 3]`` with ``Co`` a multiple of 16, and :func:`_compiled`."""
-    return (x.dim() == 4 and x.shape[1] >= MIN_CHANNELS and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
-            and x.shape[2] * x.shape[3] >= MIN_PIXELS and weight.shape[1:] == (x.shape[1], 3, 3)
+def winograd_usable(x: Tensor, weight: Tensor, upsample: bool = False) -> bool:
+    """Whether :func:`winograd_conv3x3` computes ``conv2d(x, weight, padding=1)`` (of ``x``
+    upsampled x2 with ``upsample``) here, and is faster: ``x [1, C, H, W]`` with ``C >=
+    MIN_CHANNELS``, the convolved image's ``H, W`` even and ``H W >= MIN_PIXELS``, ``weight [Co, C,
+    3, 3]`` with ``Co`` a multiple of 16, and :func:`_compiled`."""
+    f = 2 if upsample else 1
+    return (x.dim() == 4 and x.shape[1] >= MIN_CHANNELS and (f * x.shape[2]) % 2 == 0 and (f * x.shape[3]) % 2 == 0
+            and f * f * x.shape[2] * x.shape[3] >= MIN_PIXELS and weight.shape[1:] == (x.shape[1], 3, 3)
             and weight.shape[0] % 16 == 0 and _compiled(x, weight))
 
 
@@ -84,12 +92,13 @@ def transformed_weight(weight: Tensor) -> Tensor:
 
 def winograd_conv3x3(x: Tensor, weight: Tensor, *, style: Tensor | None = None, scale: Tensor | None = None,
                      bias: Tensor | None = None, noise: Tensor | None = None, noise_weight: float = 0.0,
-                     slope: float | None = None) -> Tensor:
+                     slope: float | None = None, upsample: bool = False) -> Tensor:
     """``act(conv2d(x * style, weight, padding=1) * scale + bias + noise * noise_weight)`` by
-    Winograd F(2x2, 3x3), where :func:`winograd_usable` says so.
+    Winograd F(2x2, 3x3), where :func:`winograd_usable` says so; with ``upsample``, of ``x``
+    upsampled x2 first (bilinear, ``align_corners=False``, as ``F.interpolate``), on the fly.
 
     Args:
-        x: ``[1, C, H, W]`` float32 CPU (H, W even), any memory format.
+        x: ``[1, C, H, W]`` float32 CPU (H, W even; any with ``upsample``), any memory format.
         weight: ``[Co, C, 3, 3]`` float32, ``Co`` a multiple of 16 (its transform is kept between calls).
         style: ``[C]`` per-input-channel factor, or None.
         scale: ``[Co]`` per-output-channel factor, or None.
@@ -98,10 +107,10 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, *, style: Tensor | None = None, 
         slope: leaky ReLU slope applied last, or None for none.
 
     Returns:
-        ``[1, Co, H, W]`` float32, channels-last.
+        ``[1, Co, H, W]`` (``[1, Co, 2H, 2W]`` with ``upsample``) float32, channels-last.
     """
     lib = cpu_backend.library()
-    _, channels, height, width = x.shape
+    channels, height, width = x.shape[1], x.shape[2] * (1 + upsample), x.shape[3] * (1 + upsample)
     wt = transformed_weight(weight)
     out_channels = wt.shape[2]
     x = x.contiguous(memory_format=torch.channels_last)
@@ -114,7 +123,7 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, *, style: Tensor | None = None, 
     assert all(v is None or v.numel() == out_channels for v in (scale, bias))
     assert noise is None or noise.numel() == height * width
     out = torch.empty(1, out_channels, height, width, memory_format=torch.channels_last)
-    args = (height, width, channels, out_channels, x, wt, style, scale, bias, noise, noise_weight,
+    args = (height, width, channels, out_channels, int(upsample), x, wt, style, scale, bias, noise, noise_weight,
             -1.0 if slope is None else slope)
     tiles = (height // 2) * (width // 2)
     if team := cpu_backend.openmp():

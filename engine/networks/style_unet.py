@@ -33,10 +33,11 @@ Differences from the official forward, same function:
 * ResBlock(up) runs its 1x1 skip conv before the resize (they commute; fewer pixels).
 * The demodulation's style-free factor ``sum weight^2`` is kept between inference calls, and
   float32 x2 upsampling on the CPU is a transposed convolution (same weights, float rounding).
-* At inference on the CPU (float32, batch 1), the 3x3 convolutions with 256-512 input channels at
-  32^2-64^2 run as Winograd F(2x2, 3x3) (:mod:`.cpu_layers`: fewer multiplications, the same
-  float32 rounding error); a modulated one takes the style on its input and the demodulation,
-  bias, noise and leaky ReLU in its output pass.
+* At inference on the CPU (float32, batch 1), the 3x3 convolutions with 64 or more input
+  channels at 32^2 and up run as Winograd F(2x2, 3x3) (:mod:`.cpu_layers`: fewer
+  multiplications, the same float32 rounding error), an x2 upsampling before one inside it; a
+  modulated one takes the style on its input and the demodulation, bias, noise and leaky ReLU in
+  its output pass.
 """
 from __future__ import annotations
 
@@ -70,12 +71,14 @@ def _linear_fp32(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
         return F.linear(x.float(), layer.weight.float(), layer.bias.float())
 
 
-def _conv(conv: nn.Conv2d, x: torch.Tensor, slope: float | None = None) -> torch.Tensor:
-    """``conv(x)``, then a leaky ReLU with ``slope`` (None: none); 3x3 convolutions through
-    :func:`.cpu_layers.winograd_conv3x3` where it applies (wide CPU layers at inference)."""
-    if conv.kernel_size == (3, 3) and conv.padding == (1, 1) and cpu_layers.winograd_usable(x, conv.weight):
-        return cpu_layers.winograd_conv3x3(x, conv.weight, bias=conv.bias, slope=slope)
-    out = conv(x)
+def _conv(conv: nn.Conv2d, x: torch.Tensor, slope: float | None = None, upsample: bool = False) -> torch.Tensor:
+    """``conv(x)`` (of ``x`` upsampled x2 with ``upsample``), then a leaky ReLU with ``slope`` (None:
+    none); 3x3 convolutions through :func:`.cpu_layers.winograd_conv3x3` where it applies (CPU
+    inference)."""
+    if (conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+            and cpu_layers.winograd_usable(x, conv.weight, upsample)):
+        return cpu_layers.winograd_conv3x3(x, conv.weight, bias=conv.bias, slope=slope, upsample=upsample)
+    out = conv(_resample(x, 2.0) if upsample else x)
     return out if slope is None else F.leaky_relu_(out, slope)
 
 
@@ -127,7 +130,10 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _conv(self.conv1, x, LRELU_SLOPE)
-        out = _conv(self.conv2, _resample(out, self.factor), LRELU_SLOPE)
+        if self.factor > 1:
+            out = _conv(self.conv2, out, LRELU_SLOPE, upsample=True)
+        else:
+            out = _conv(self.conv2, _resample(out, self.factor), LRELU_SLOPE)
         # The 1x1 skip conv and the resize commute: run the conv at the lower resolution.
         skip = _resample(self.skip(x), self.factor) if self.factor > 1 else self.skip(_resample(x, self.factor))
         return out + skip
@@ -203,12 +209,12 @@ class ModulatedConv2d(nn.Module):
                 energy = style.square() @ self._weight_energy()                # [B, cout]
                 scale = scale * torch.rsqrt(energy + self.eps)
         if B == 1:
-            if self.upsample:
-                x = _resample(x, 2.0)
-            if self.padding == 1 and cpu_layers.winograd_usable(x, self.weight):
+            if self.padding == 1 and cpu_layers.winograd_usable(x, self.weight, self.upsample):
                 return cpu_layers.winograd_conv3x3(x, self.weight, style=style, scale=scale, bias=bias, noise=noise,
                                                    noise_weight=0.0 if noise is None else float(noise_weight),
-                                                   slope=slope)
+                                                   slope=slope, upsample=self.upsample)
+            if self.upsample:
+                x = _resample(x, 2.0)
             w = w * (scale.t() * style)[:, :, None, None]
             b = None if bias is None else bias.reshape(-1).to(x.dtype)
             out = F.conv2d(x, w.to(x.dtype), b, padding=self.padding)

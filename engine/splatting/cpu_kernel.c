@@ -428,6 +428,90 @@ static void wino_input(int32_t height, int32_t width, int32_t channels, const fl
     }
 }
 
+/* The same for the input bilinearly upsampled x2 first (F.interpolate, align_corners=False): x is
+ * [H / 2, W / 2, C] and the tiles are those of the [H, W] upsampled image, computed on the fly. Tile
+ * (ty, tx)'s 4x4 window (upsampled rows 2 ty - 1 .. 2 ty + 2, columns likewise) comes from the 3x3
+ * source pixels at rows and columns ty - 1 .. ty + 1 (clamped to the image): window row 0 is
+ * 3/4 source row 0 + 1/4 row 1, window row 1 1/4 row 0 + 3/4 row 1, rows 2 and 3 the same of
+ * source rows 1 and 2 (upsampled row 2 i is 1/4 x[i - 1] + 3/4 x[i], row 2 i + 1 is 3/4 x[i] +
+ * 1/4 x[i + 1]); at the borders the weights become F.interpolate's clamped 1 and 0, and 0 for the
+ * convolution's zero padding (rows -1 and H); columns likewise. */
+static void wino_weights(int32_t i, int32_t last, float wa[4], float wb[4]) {
+    const float a[4] = {0.75f, 0.25f, 0.75f, 0.25f}, b[4] = {0.25f, 0.75f, 0.25f, 0.75f};
+    for (int k = 0; k < 4; k++) {
+        wa[k] = a[k];
+        wb[k] = b[k];
+    }
+    if (i == 0) {   /* upsampled row -1: padding; row 0: x[0] */
+        wa[0] = wb[0] = 0.0f;
+        wa[1] = 0.0f;
+        wb[1] = 1.0f;
+    }
+    if (i == last) {   /* upsampled row 2 h - 1: x[h - 1]; row 2 h: padding */
+        wa[2] = 1.0f;
+        wb[2] = 0.0f;
+        wa[3] = wb[3] = 0.0f;
+    }
+}
+
+static void wino_input_up(int32_t height, int32_t width, int32_t channels, const float *x, const float *style,
+                          const float *zeros, int32_t t0, int32_t n, int64_t plane, float *v) {
+    const int32_t h = height / 2, w = width / 2;
+    (void)zeros;   /* the padding is weights 0 here */
+    for (int32_t k = 0; k < WINO_TILES; k++) {
+        float *restrict o = v + (int64_t)k * channels;
+        if (k >= n) {
+            for (int p = 0; p < 16; p++) memset(o + p * plane, 0, sizeof(float) * (size_t)channels);
+            continue;
+        }
+        const int32_t t = t0 + k, ty = t / w, tx = t % w;
+        float wra[4], wrb[4], wca[4], wcb[4];
+        wino_weights(ty, h - 1, wra, wrb);
+        wino_weights(tx, w - 1, wca, wcb);
+        const float *restrict s[3][3];   /* the source pixels, clamped */
+        for (int i = 0; i < 3; i++) {
+            int32_t y = ty - 1 + i, xx;
+            y = y < 0 ? 0 : y > h - 1 ? h - 1 : y;
+            for (int j = 0; j < 3; j++) {
+                xx = tx - 1 + j;
+                xx = xx < 0 ? 0 : xx > w - 1 ? w - 1 : xx;
+                s[i][j] = x + ((int64_t)y * w + xx) * channels;
+            }
+        }
+        _Pragma("GCC ivdep")
+        for (int32_t c = 0; c < channels; c++) {
+            float e[4][3], d[4][4];   /* rows upsampled, then columns: the window */
+            for (int j = 0; j < 3; j++) {
+                const float s0 = s[0][j][c], s1 = s[1][j][c], s2 = s[2][j][c];
+                e[0][j] = wra[0] * s0 + wrb[0] * s1;
+                e[1][j] = wra[1] * s0 + wrb[1] * s1;
+                e[2][j] = wra[2] * s1 + wrb[2] * s2;
+                e[3][j] = wra[3] * s1 + wrb[3] * s2;
+            }
+            for (int i = 0; i < 4; i++) {
+                d[i][0] = wca[0] * e[i][0] + wcb[0] * e[i][1];
+                d[i][1] = wca[1] * e[i][0] + wcb[1] * e[i][1];
+                d[i][2] = wca[2] * e[i][1] + wcb[2] * e[i][2];
+                d[i][3] = wca[3] * e[i][1] + wcb[3] * e[i][2];
+            }
+            float u[4][4];   /* B^T d: rows transformed */
+            for (int j = 0; j < 4; j++) {
+                u[0][j] = d[0][j] - d[2][j];
+                u[1][j] = d[1][j] + d[2][j];
+                u[2][j] = d[2][j] - d[1][j];
+                u[3][j] = d[1][j] - d[3][j];
+            }
+            const float sc = style ? style[c] : 1.0f;
+            for (int i = 0; i < 4; i++) {   /* (B^T d) B, times the style */
+                o[(4 * i) * plane + c] = (u[i][0] - u[i][2]) * sc;
+                o[(4 * i + 1) * plane + c] = (u[i][1] + u[i][2]) * sc;
+                o[(4 * i + 2) * plane + c] = (u[i][2] - u[i][1]) * sc;
+                o[(4 * i + 3) * plane + c] = (u[i][1] - u[i][3]) * sc;
+            }
+        }
+    }
+}
+
 /* m [WINO_TILES][Co] = v [WINO_TILES][C] @ u [C][Co] (Co a multiple of LANES): register blocks of
  * WINO_ROWS tiles x 2 vectors of outputs, the channels in passes of WINO_DEPTH. */
 WINO_CONTRACT_ATTR static void wino_product(int32_t channels, int32_t out_channels, const float *v, const float *u,
@@ -517,12 +601,14 @@ static void wino_output(int32_t width, int32_t channels, const float *m, int64_t
 }
 
 /* act(conv3x3(x * style, weight) * scale + bias + noise * noise_weight) for output tiles [t0, t1):
- * x [H, W, C], weight the transformed [16, C, Co] (Co a multiple of 16), out [H, W, Co]; style
+ * x [H, W, C] (upsample: [H / 2, W / 2, C], bilinearly upsampled x2 on the way), weight the
+ * transformed [16, C, Co] (Co a multiple of 16), out [H, W, Co]; style
  * [C], scale and bias [Co], noise [H, W] or NULL; leaky ReLU with slope where slope >= 0.
  * Returns 0, or 1 when it cannot allocate its block buffers (nothing written then). */
-EXPORT int32_t gag_wino_conv(int32_t height, int32_t width, int32_t channels, int32_t out_channels, const float *x,
-                             const float *weight, const float *style, const float *scale, const float *bias,
-                             const float *noise, float noise_weight, float slope, int32_t t0, int32_t t1, float *out) {
+EXPORT int32_t gag_wino_conv(int32_t height, int32_t width, int32_t channels, int32_t out_channels, int32_t upsample,
+                             const float *x, const float *weight, const float *style, const float *scale,
+                             const float *bias, const float *noise, float noise_weight, float slope, int32_t t0,
+                             int32_t t1, float *out) {
     const int64_t vplane = (int64_t)WINO_TILES * channels + WINO_PAD, mplane = (int64_t)WINO_TILES * out_channels + WINO_PAD;
     float *v = malloc(sizeof(float) * (size_t)(16 * vplane + 16 * mplane + channels));
     if (!v) return 1;
@@ -530,7 +616,7 @@ EXPORT int32_t gag_wino_conv(int32_t height, int32_t width, int32_t channels, in
     memset(zeros, 0, sizeof(float) * (size_t)channels);
     for (int32_t b = t0; b < t1; b += WINO_TILES) {
         const int32_t n = t1 - b < WINO_TILES ? t1 - b : WINO_TILES;
-        wino_input(height, width, channels, x, style, zeros, b, n, vplane, v);
+        (upsample ? wino_input_up : wino_input)(height, width, channels, x, style, zeros, b, n, vplane, v);
         for (int p = 0; p < 16; p++)
             wino_product(channels, out_channels, v + p * vplane, weight + (int64_t)p * channels * out_channels,
                          m + p * mplane);
@@ -540,16 +626,23 @@ EXPORT int32_t gag_wino_conv(int32_t height, int32_t width, int32_t channels, in
     return 0;
 }
 
-/* gag_wino_conv over output tiles [t0, t1) split between the threads of an OpenMP team: torch's own
- * runtime, whose entry points cpu_backend.py passes in (no link to an OpenMP library here). Its
- * threads spin for a while after each of torch's parallel regions; threads of our own would share
- * the cores with them, the team's take the work. Returns what gag_wino_conv returns (1 if any
- * thread could not allocate). */
+/* OpenMP runtime entry points passed in from cpu_backend.py: torch's own runtime (this file links
+ * to no OpenMP library). Its threads spin for a while after each of torch's parallel regions, so
+ * work handed to threads of our own would share the cores with them; the team's threads take it. */
 typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*omp_query_t)(void);
+
+static void team_run(const void *gomp_parallel, void (*part)(void *), void *job) {
+    gomp_parallel_t parallel;
+    memcpy(&parallel, &gomp_parallel, sizeof parallel);   /* object to function pointer, as dlsym's are */
+    parallel(part, job, 0, 0);   /* 0 threads: the team size torch set (omp_set_num_threads) */
+}
+
+/* gag_wino_conv over output tiles [t0, t1) split evenly between the threads of torch's OpenMP
+ * team (team_run). Returns what gag_wino_conv returns (1 if any thread could not allocate). */
 struct wino_job {
     omp_query_t thread_num, num_threads;
-    int32_t height, width, channels, out_channels, t0, t1;
+    int32_t height, width, channels, out_channels, upsample, t0, t1;
     const float *x, *weight, *style, *scale, *bias, *noise;
     float noise_weight, slope;
     float *out;
@@ -560,24 +653,23 @@ static void wino_job_part(void *data) {
     struct wino_job *j = data;
     const int64_t i = j->thread_num(), n = j->num_threads(), span = (int64_t)j->t1 - j->t0;
     const int32_t a = j->t0 + (int32_t)(span * i / n), b = j->t0 + (int32_t)(span * (i + 1) / n);
-    if (b > a && gag_wino_conv(j->height, j->width, j->channels, j->out_channels, j->x, j->weight, j->style, j->scale,
-                               j->bias, j->noise, j->noise_weight, j->slope, a, b, j->out))
+    if (b > a && gag_wino_conv(j->height, j->width, j->channels, j->out_channels, j->upsample, j->x, j->weight,
+                               j->style, j->scale, j->bias, j->noise, j->noise_weight, j->slope, a, b, j->out))
         j->failed = 1;
 }
 
 EXPORT int32_t gag_wino_conv_team(const void *gomp_parallel, const void *thread_num, const void *num_threads,
-                                  int32_t height, int32_t width, int32_t channels, int32_t out_channels, const float *x,
-                                  const float *weight, const float *style, const float *scale, const float *bias,
+                                  int32_t height, int32_t width, int32_t channels, int32_t out_channels,
+                                  int32_t upsample, const float *x, const float *weight, const float *style, const float *scale, const float *bias,
                                   const float *noise, float noise_weight, float slope, int32_t t0, int32_t t1,
                                   float *out) {
     struct wino_job job = {0};
-    gomp_parallel_t parallel;
-    memcpy(&parallel, &gomp_parallel, sizeof parallel);   /* object to function pointer, as dlsym's are */
     memcpy(&job.thread_num, &thread_num, sizeof job.thread_num);
     memcpy(&job.num_threads, &num_threads, sizeof job.num_threads);
     job.height = height; job.width = width; job.channels = channels; job.out_channels = out_channels;
+    job.upsample = upsample;
     job.t0 = t0; job.t1 = t1; job.x = x; job.weight = weight; job.style = style; job.scale = scale;
     job.bias = bias; job.noise = noise; job.noise_weight = noise_weight; job.slope = slope; job.out = out;
-    parallel(wino_job_part, &job, 0, 0);   /* 0 threads: the team size torch set (omp_set_num_threads) */
+    team_run(gomp_parallel, wino_job_part, &job);
     return job.failed;
 }
