@@ -125,14 +125,15 @@ def test_transformed_weights_are_kept_until_the_weight_changes_or_goes(lib):
 def test_the_same_bits_on_torch_threads_or_ours_and_any_thread_count(lib, monkeypatch):
     x, w, epilogue = _layer(128, 64, 36, 20, seed=3)
     assert cpu_backend.openmp() is not None   # torch's OpenMP runtime found (Linux, torch with OpenMP)
+    team = cpu_backend.openmp()
+    outs = []
     with torch.no_grad():
-        on_team = cpu_layers.winograd_conv3x3(x, w, **epilogue)
-        monkeypatch.setattr(cpu_backend, "_openmp", None)   # as where no OpenMP runtime is found: our pool
-        outs = []
-        for threads in (1, 2, 3):
-            monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
-            outs.append(cpu_layers.winograd_conv3x3(x, w, **epilogue))
-    assert all(torch.equal(on_team, out) for out in outs)
+        for runtime in (team, None):   # None: as where no OpenMP runtime is found, our worker pool
+            monkeypatch.setattr(cpu_backend, "_openmp", runtime)
+            for threads in (1, 2, 3):
+                monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+                outs.append(cpu_layers.winograd_conv3x3(x, w, **epilogue))
+    assert all(torch.equal(outs[0], out) for out in outs[1:])
 
 
 def _has_fma() -> bool:

@@ -129,7 +129,8 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, *, style: Tensor | None = None, 
     if team := cpu_backend.openmp():
         # On torch's OpenMP threads: they spin a while after torch's own work, and would take cores
         # from other threads (this runs 10% slower on our worker threads in the StyleUNet).
-        failed = lib.gag_wino_conv_team(*team, *map(cpu_backend._address, args), 0, tiles, out.data_ptr())
+        failed = lib.gag_wino_conv_team(*team, max(1, torch.get_num_threads()), *map(cpu_backend._address, args), 0,
+                                        tiles, out.data_ptr())
     else:
         workers = max(1, torch.get_num_threads())
         bounds = [tiles * w // workers for w in range(workers + 1)]

@@ -76,7 +76,7 @@ _SIGNATURES = {
     "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
     "gag_composite_rows": (_i32, [_i32, _p, _p, _p, _p, _p, _p, _p, *[_i32] * 4, _f32, _f32, _p, _p, _p]),
     "gag_wino_conv": (_i32, [*[_i32] * 5, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
-    "gag_wino_conv_team": (_i32, [_p, _p, _p, *[_i32] * 5, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
+    "gag_wino_conv_team": (_i32, [_p, _p, _p, *[_i32] * 6, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
 }
 
 

@@ -632,14 +632,14 @@ EXPORT int32_t gag_wino_conv(int32_t height, int32_t width, int32_t channels, in
 typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*omp_query_t)(void);
 
-static void team_run(const void *gomp_parallel, void (*part)(void *), void *job) {
+static void team_run(const void *gomp_parallel, int32_t threads, void (*part)(void *), void *job) {
     gomp_parallel_t parallel;
     memcpy(&parallel, &gomp_parallel, sizeof parallel);   /* object to function pointer, as dlsym's are */
-    parallel(part, job, 0, 0);   /* 0 threads: the team size torch set (omp_set_num_threads) */
+    parallel(part, job, (unsigned)threads, 0);   /* torch's thread count, as its own regions ask for */
 }
 
-/* gag_wino_conv over output tiles [t0, t1) split evenly between the threads of torch's OpenMP
- * team (team_run). Returns what gag_wino_conv returns (1 if any thread could not allocate). */
+/* gag_wino_conv over output tiles [t0, t1) split evenly between threads of torch's OpenMP team
+ * (team_run). Returns what gag_wino_conv returns (1 if any thread could not allocate). */
 struct wino_job {
     omp_query_t thread_num, num_threads;
     int32_t height, width, channels, out_channels, upsample, t0, t1;
@@ -659,7 +659,7 @@ static void wino_job_part(void *data) {
 }
 
 EXPORT int32_t gag_wino_conv_team(const void *gomp_parallel, const void *thread_num, const void *num_threads,
-                                  int32_t height, int32_t width, int32_t channels, int32_t out_channels,
+                                  int32_t threads, int32_t height, int32_t width, int32_t channels, int32_t out_channels,
                                   int32_t upsample, const float *x, const float *weight, const float *style, const float *scale, const float *bias,
                                   const float *noise, float noise_weight, float slope, int32_t t0, int32_t t1,
                                   float *out) {
@@ -670,6 +670,6 @@ EXPORT int32_t gag_wino_conv_team(const void *gomp_parallel, const void *thread_
     job.upsample = upsample;
     job.t0 = t0; job.t1 = t1; job.x = x; job.weight = weight; job.style = style; job.scale = scale;
     job.bias = bias; job.noise = noise; job.noise_weight = noise_weight; job.slope = slope; job.out = out;
-    team_run(gomp_parallel, wino_job_part, &job);
+    team_run(gomp_parallel, threads, wino_job_part, &job);
     return job.failed;
 }
