@@ -386,44 +386,47 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
 #define WINO_CONTRACT_ATTR __attribute__((optimize("fp-contract=fast")))
 #endif
 
+/* One channel's input transform: B^T d B of its 4x4 window d, times s, into the 16 planes (plane
+ * floats apart) at o[c]. */
+static inline void wino_transform(float d[4][4], float s, float *restrict o, int64_t plane, int32_t c) {
+    float u[4][4];   /* B^T d: rows transformed */
+    for (int j = 0; j < 4; j++) {
+        u[0][j] = d[0][j] - d[2][j];
+        u[1][j] = d[1][j] + d[2][j];
+        u[2][j] = d[2][j] - d[1][j];
+        u[3][j] = d[1][j] - d[3][j];
+    }
+    for (int i = 0; i < 4; i++) {   /* (B^T d) B */
+        o[(4 * i) * plane + c] = (u[i][0] - u[i][2]) * s;
+        o[(4 * i + 1) * plane + c] = (u[i][1] + u[i][2]) * s;
+        o[(4 * i + 2) * plane + c] = (u[i][2] - u[i][1]) * s;
+        o[(4 * i + 3) * plane + c] = (u[i][1] - u[i][3]) * s;
+    }
+}
+
 /* Input transform of tiles [t0, t0 + n) of x [H, W, C] (zero outside), each channel times style[c]
- * (NULL: 1), into v [16][WINO_TILES][C] (planes plane floats apart); rows n.. are zeros. */
+ * (NULL: 1), into rows 0 .. n - 1 of v [16][WINO_TILES][C] (planes plane floats apart). */
 static void wino_input(int32_t height, int32_t width, int32_t channels, const float *x, const float *style,
                        const float *zeros, int32_t t0, int32_t n, int64_t plane, float *v) {
     const int32_t tiles_x = width / 2;
-    for (int32_t k = 0; k < WINO_TILES; k++) {
+    for (int32_t k = 0; k < n; k++) {
         float *restrict o = v + (int64_t)k * channels;
-        if (k >= n) {
-            for (int p = 0; p < 16; p++) memset(o + p * plane, 0, sizeof(float) * (size_t)channels);
-            continue;
-        }
         const int32_t t = t0 + k, ty = t / tiles_x, tx = t % tiles_x;
-        const float *restrict d[16];
+        const float *restrict p[4][4];   /* the window's pixels */
         for (int i = 0; i < 4; i++) {
             const int32_t y = 2 * ty - 1 + i;
             for (int j = 0; j < 4; j++) {
                 const int32_t xx = 2 * tx - 1 + j;
-                d[4 * i + j] = y >= 0 && y < height && xx >= 0 && xx < width ? x + ((int64_t)y * width + xx) * channels
-                                                                             : zeros;
+                p[i][j] = y >= 0 && y < height && xx >= 0 && xx < width ? x + ((int64_t)y * width + xx) * channels
+                                                                        : zeros;
             }
         }
         _Pragma("GCC ivdep")
         for (int32_t c = 0; c < channels; c++) {
-            float u[4][4];   /* B^T d: rows transformed */
-            for (int j = 0; j < 4; j++) {
-                const float a0 = d[j][c], a1 = d[4 + j][c], a2 = d[8 + j][c], a3 = d[12 + j][c];
-                u[0][j] = a0 - a2;
-                u[1][j] = a1 + a2;
-                u[2][j] = a2 - a1;
-                u[3][j] = a1 - a3;
-            }
-            const float s = style ? style[c] : 1.0f;
-            for (int i = 0; i < 4; i++) {   /* (B^T d) B, times the style */
-                o[(4 * i) * plane + c] = (u[i][0] - u[i][2]) * s;
-                o[(4 * i + 1) * plane + c] = (u[i][1] + u[i][2]) * s;
-                o[(4 * i + 2) * plane + c] = (u[i][2] - u[i][1]) * s;
-                o[(4 * i + 3) * plane + c] = (u[i][1] - u[i][3]) * s;
-            }
+            float d[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) d[i][j] = p[i][j][c];
+            wino_transform(d, style ? style[c] : 1.0f, o, plane, c);
         }
     }
 }
@@ -458,12 +461,8 @@ static void wino_input_up(int32_t height, int32_t width, int32_t channels, const
                           const float *zeros, int32_t t0, int32_t n, int64_t plane, float *v) {
     const int32_t h = height / 2, w = width / 2;
     (void)zeros;   /* the padding is weights 0 here */
-    for (int32_t k = 0; k < WINO_TILES; k++) {
+    for (int32_t k = 0; k < n; k++) {
         float *restrict o = v + (int64_t)k * channels;
-        if (k >= n) {
-            for (int p = 0; p < 16; p++) memset(o + p * plane, 0, sizeof(float) * (size_t)channels);
-            continue;
-        }
         const int32_t t = t0 + k, ty = t / w, tx = t % w;
         float wra[4], wrb[4], wca[4], wcb[4];
         wino_weights(ty, h - 1, wra, wrb);
@@ -494,20 +493,7 @@ static void wino_input_up(int32_t height, int32_t width, int32_t channels, const
                 d[i][2] = wca[2] * e[i][1] + wcb[2] * e[i][2];
                 d[i][3] = wca[3] * e[i][1] + wcb[3] * e[i][2];
             }
-            float u[4][4];   /* B^T d: rows transformed */
-            for (int j = 0; j < 4; j++) {
-                u[0][j] = d[0][j] - d[2][j];
-                u[1][j] = d[1][j] + d[2][j];
-                u[2][j] = d[2][j] - d[1][j];
-                u[3][j] = d[1][j] - d[3][j];
-            }
-            const float sc = style ? style[c] : 1.0f;
-            for (int i = 0; i < 4; i++) {   /* (B^T d) B, times the style */
-                o[(4 * i) * plane + c] = (u[i][0] - u[i][2]) * sc;
-                o[(4 * i + 1) * plane + c] = (u[i][1] + u[i][2]) * sc;
-                o[(4 * i + 2) * plane + c] = (u[i][2] - u[i][1]) * sc;
-                o[(4 * i + 3) * plane + c] = (u[i][1] - u[i][3]) * sc;
-            }
+            wino_transform(d, style ? style[c] : 1.0f, o, plane, c);
         }
     }
 }
@@ -617,6 +603,8 @@ EXPORT int32_t gag_wino_conv(int32_t height, int32_t width, int32_t channels, in
     for (int32_t b = t0; b < t1; b += WINO_TILES) {
         const int32_t n = t1 - b < WINO_TILES ? t1 - b : WINO_TILES;
         (upsample ? wino_input_up : wino_input)(height, width, channels, x, style, zeros, b, n, vplane, v);
+        for (int p = 0; p < 16 && n < WINO_TILES; p++)   /* a part block: its other rows are zeros */
+            memset(v + p * vplane + (int64_t)n * channels, 0, sizeof(float) * (size_t)(WINO_TILES - n) * (size_t)channels);
         for (int p = 0; p < 16; p++)
             wino_product(channels, out_channels, v + p * vplane, weight + (int64_t)p * channels * out_channels,
                          m + p * mplane);
