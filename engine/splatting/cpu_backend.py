@@ -52,7 +52,8 @@ from . import torch_backend
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
          "-Wno-psabi")
-"""No fast-math and no contraction: the float arithmetic is the source's, operation by operation."""
+"""No fast-math and no contraction: the float arithmetic is the source's, operation by operation
+(except the Winograd products, which the source itself marks for FMA: ``WINO_CONTRACT``)."""
 NATIVE_FLAGS = ("-march=native",)
 """Tried first: the vectors of the CPU the kernel runs on (2-3x faster than baseline x86-64 SSE2).
 The build is cached per CPU (model and feature flags), so a cache folder shared between machines
@@ -187,7 +188,7 @@ def library() -> ctypes.CDLL | None:
                 _failure = str(exc)
                 warnings.warn(f"the compiled CPU kernel is unavailable ({_failure}); splatting uses the torch "
                               "rasterizer instead (about 3x slower), and the neural renderer oneDNN's convolutions alone "
-                              "(about 5% slower). Set GAGAVATAR_CPU_KERNEL=0 to silence this.",
+                              "(about 20% slower). Set GAGAVATAR_CPU_KERNEL=0 to silence this.",
                               RuntimeWarning, stacklevel=3)
     return _lib
 
