@@ -3,6 +3,7 @@ references, against the torch backend, its dispatch (``auto``), and how it is bu
 refused. test_rasterizer.py runs it on the kit's dense scene and the early-stop case too."""
 import gc
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import warnings
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,6 +78,58 @@ def test_agrees_with_the_torch_backend(lib, channels, size):
         err = (a - b).abs() / (1.0 + b.abs())   # depth is ~9 units
         assert err.mean() < 1e-6 and (err > 1e-4).float().mean() < 1e-3, (err.mean(), err.max())
     assert c.alpha.max() > 0.99 and c.alpha.min() == 0.0   # opaque and empty pixels both occur
+
+
+def test_compiled_preprocessing_is_the_torch_one(lib):
+    """``gag_preprocess`` is :func:`torch_backend.preprocess` (exact) in C: the same footprints
+    (radii, tile rects, visibility), and the same projections up to float rounding (bit for bit
+    where torch's float32 matmuls are the FMA chains it follows, as on x86 CPUs with FMA), also for
+    Gaussians behind the camera, off to the side, degenerate or not finite."""
+    g = _scene(n=4000)
+    cov = covariance_from_scale_rotation(g["scales"], g["rotations"])[0]
+    means = g["xyz"][0].clone()
+    means[:4] = torch.tensor([[0.0, 0.0, 12.0], [float("nan"), 0.0, 0.0], [40.0, 0.0, 0.0], [0.0, 0.0, 9.2]])
+    cov[4] = 0.0
+    cov[5, 0, 0] = float("inf")
+    V, P, _ = build_camera_matrices(CAMERA, 5.0)
+    tf = torch_backend.tan_half_fov(5.0)
+    camera = (means, cov, V[0], P[0], tf, tf, 56, 88)
+    c, t = cpu_backend.preprocess_camera(lib, *camera), torch_backend.preprocess(*camera, exact=True)
+    for key in ("radii", "rect_min", "rect_max", "valid"):
+        assert torch.equal(c[key].long(), t[key].long()), key
+    assert not t["valid"][:3].any() and t["valid"].float().mean() > 0.9   # behind, not finite, far off: dropped
+    v = t["valid"]
+    for key, rtol in (("means2D", 1e-6), ("depth", 1e-6), ("conic", 1e-4), ("cov2D", 1e-5)):
+        torch.testing.assert_close(c[key][v], t[key][v], rtol=rtol, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_alpha_is_the_kernel_expression_with_exp_within_an_ulp(lib, seed):
+    """One Gaussian seen alone: each pixel's feature is its alpha, ``o exp(power)`` with ``power`` the
+    official float32 expression and ``exp`` within about an ulp (checked against float64, alpha's
+    own product adding half an ulp); below 1/255 nothing."""
+    g = torch.Generator().manual_seed(seed)
+    one = {"xyz": torch.zeros(1, 1, 3), "colors": torch.ones(1, 1, 1), "opacities": torch.full((1, 1, 1), 0.9),
+           "scales": torch.tensor([[[0.4, 0.15, 0.25]]]),
+           "rotations": torch.nn.functional.normalize(torch.randn(1, 1, 4, generator=g), dim=-1)}
+    size = (64, 64)
+    V, P, _ = build_camera_matrices(CAMERA, 5.0)
+    cov = covariance_from_scale_rotation(one["scales"], one["rotations"])
+    tf = torch_backend.tan_half_fov(5.0)
+    pre = torch_backend.preprocess(one["xyz"][0], cov[0], V[0], P[0], tf, tf, *size)
+    acc, _ = cpu_backend.composite_camera(lib, pre, one["colors"][0], one["opacities"][0, :, 0], *size)
+    f = lambda v: np.float32(v)  # noqa: E731
+    (mx, my), (a, b, c) = pre["means2D"][0].numpy(), pre["conic"][0].numpy()
+    dx = mx - np.arange(size[1], dtype=np.float32)[None, :]
+    dy = my - np.arange(size[0], dtype=np.float32)[:, None]
+    power = f(-0.5) * (a * dx * dx + c * dy * dy) - (b * dx) * dy   # float32, operation by operation
+    alpha = 0.9 * np.exp(power.astype(np.float64))
+    got = acc[0].numpy().astype(np.float64)
+    inside = (alpha > (1 + 1e-5) / 255) & (alpha < 0.99 * (1 - 1e-5))
+    assert inside.sum() > 500 and alpha.max() > 0.5   # a footprint of many pixels, rising towards 0.9
+    ulp = np.spacing(alpha[inside].astype(np.float32)).astype(np.float64)
+    assert (np.abs(got[inside] - alpha[inside]) <= 2.0 * ulp).all()
+    assert (got[alpha < (1 - 1e-5) / 255] == 0).all()
 
 
 def test_same_result_on_any_number_of_threads(lib):
@@ -244,7 +298,7 @@ def test_a_library_without_every_function_is_refused(lib, tmp_path):
     source.write_text("int gag_bin_fill(void) { return 0; }\n")
     partial = tmp_path / "partial.so"
     subprocess.run([*cpu_backend._compiler(), "-shared", "-fPIC", "-o", str(partial), str(source)], check=True)
-    with pytest.raises(RuntimeError, match="has no function gag_bin_count"):
+    with pytest.raises(RuntimeError, match="has no function gag_preprocess"):
         cpu_backend.load(partial)
 
 
@@ -259,10 +313,22 @@ def test_unwritable_cache_folder(fresh, monkeypatch):
         cpu_backend.set_cache_dir(None)
 
 
+def _fma_flags() -> list[str]:
+    """``-mfma`` on an x86 CPU with FMA, whose own (``-march=native``) build computes the splatting
+    ``exp``'s multiply-adds by FMA; none elsewhere (64-bit ARM builds always have FMA, x86 CPUs
+    without it never)."""
+    try:
+        has = platform.machine() in ("x86_64", "AMD64") and " fma " in open("/proc/cpuinfo").read()
+    except OSError:
+        has = False
+    return ["-mfma"] if has else []
+
+
 def test_every_vector_width_gives_the_same_bits(lib, tmp_path):
-    """4, 8 or 16 pixels per vector (SSE/NEON, AVX2, AVX-512 builds) and the CPU's own build composite
-    bit for bit alike: frames rendered on different farm machines match."""
-    cc = cpu_backend._compiler()
+    """4, 8 or 16 pixels per vector (SSE/NEON, AVX2, AVX-512 builds, with FMA where the CPU has it)
+    and the CPU's own build composite bit for bit alike: frames rendered on different farm machines
+    match."""
+    cc = [*cpu_backend._compiler(), *_fma_flags()]
     g = _scene(n=2000, channels=70)   # two channel groups
     outs = []
     for lanes in (4, 8, 16):

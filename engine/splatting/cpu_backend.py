@@ -6,7 +6,9 @@ compositing is the official kernel's per-pixel loop in its own float32 arithmeti
 contraction: ``d = mean - pixel``, ``power = -0.5 (a dx dx + c dy dy) - b dx dy``, the same
 thresholds and early stop, ``sum(f alpha T)`` in list (depth) order and the transmittance the
 kernel keeps. It evaluates 4-16 pixels of a tile row per vector instruction, with ``exp`` as a
-polynomial within about 1 ulp of ``expf``. Against the torch backend (whose ``power`` is the
+polynomial within about 1 ulp of ``expf`` (its multiply-adds FMA where the CPU has it: builds
+with FMA, any vector width, give the same bits; a build without differs in the last bit of some
+alphas). Against the torch backend (whose ``power`` is the
 float64 value rounded once) it differs by float rounding: mean abs 2e-7 on a 180k-Gaussian
 avatar, with rare threshold flips (``alpha ~ 1/255``, ``T ~ 1e-4``) of up to a few 1e-3 at a
 pixel, as between the official kernel and the torch port; it passes the conformance kit's
@@ -53,7 +55,8 @@ SOURCE = Path(__file__).with_name("cpu_kernel.c")
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
          "-Wno-psabi")
 """No fast-math and no contraction: the float arithmetic is the source's, operation by operation
-(except the Winograd products, which the source itself marks for FMA: ``WINO_CONTRACT``)."""
+(the source itself asks for FMA in two places: the Winograd products, ``WINO_CONTRACT``, and the
+multiply-adds of the splatting's ``exp``, ``fmadd``)."""
 NATIVE_FLAGS = ("-march=native",)
 """Tried first: the vectors of the CPU the kernel runs on (2-3x faster than baseline x86-64 SSE2).
 The build is cached per CPU (model and feature flags), so a cache folder shared between machines
@@ -72,9 +75,10 @@ _openmp: tuple[int, int, int] | None | bool = False
 _p = ctypes.c_void_p
 _i32, _i64, _f32 = ctypes.c_int32, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
-    "gag_bin_count": (_i64, [_i32, _i32, _p, _p, _p, _p, _p, _i32, _i32, _p, _p]),
-    "gag_bin_fill": (None, [_i32, _i32, _p, _i32, _p, _p]),
-    "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
+    "gag_preprocess": (None, [_i32, _i32, _p, _p, _p, _p, ctypes.c_double, ctypes.c_double, _i32, _i32, *[_p] * 7]),
+    "gag_bin_count": (_i64, [_i32, _i32, _p, _p, _p, _p, _p, _p, _i32, _i32, _p, _p]),
+    "gag_bin_fill": (None, [_i32, _i32, _p, _p, _i32, _p, _p]),
+    "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
     "gag_composite_rows": (_i32, [_i32, _p, _p, _p, _p, _p, _p, _p, *[_i32] * 4, _f32, _f32, _p, _p, _p]),
     "gag_wino_conv": (_i32, [*[_i32] * 5, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
     "gag_wino_conv_team": (_i32, [_p, _p, _p, *[_i32] * 6, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
@@ -279,13 +283,35 @@ def _call(fn, keep: tuple, call: tuple):
     return fn(*map(_address, call))
 
 
+def preprocess_camera(lib: ctypes.CDLL, means: Tensor, covars: Tensor, viewmatrix: Tensor, projmatrix: Tensor,
+                      tanfovx: float, tanfovy: float, height: int, width: int) -> dict[str, Tensor]:
+    """:func:`.torch_backend.preprocess` (exact) with the compiled kernel (``gag_preprocess``; CPU
+    tensors, the Gaussians split between the worker threads): the same dict, whose values are
+    preprocess's bit for bit on x86 CPUs with FMA and differ by float rounding elsewhere, less
+    ``cov3D``, with ``rect [N, 4]`` int32 (``rect_min``, ``rect_max`` are views of it) and
+    ``valid`` a view of uint8 flags."""
+    means, covars = means.float().contiguous(), covars.float().contiguous()
+    V, P = viewmatrix.float().contiguous(), projmatrix.float().contiguous()
+    n = means.shape[0]
+    out = {"means2D": torch.empty(n, 2), "depth": torch.empty(n), "conic": torch.empty(n, 3), "cov2D": torch.empty(n, 3),
+           "radii": torch.empty(n, dtype=torch.int32), "rect": torch.empty(n, 4, dtype=torch.int32),
+           "valid": torch.empty(n, dtype=torch.uint8)}
+    workers = _threads()[1]
+    bounds = [n * w // workers for w in range(workers + 1)]
+    _parallel(lib.gag_preprocess, [(bounds[w], bounds[w + 1], means, covars, V, P, float(tanfovx), float(tanfovy), width,
+                                    height, *out.values()) for w in range(workers) if bounds[w] < bounds[w + 1]])
+    out["valid"] = out["valid"].view(torch.bool)
+    out["rect_min"], out["rect_max"] = out["rect"][:, :2], out["rect"][:, 2:]
+    return out
+
+
 def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, opacity: Tensor,
                      height: int, width: int) -> tuple[Tensor, Tensor]:
     """Composite one camera's preprocessed Gaussians with the compiled kernel (CPU tensors).
 
     Args:
         lib: :func:`library`.
-        pre: :func:`.torch_backend.preprocess` output.
+        pre: :func:`preprocess_camera`'s or :func:`.torch_backend.preprocess`'s output.
         colors: ``[N, C]`` features (used raw).
         opacity: ``[N]`` opacities.
 
@@ -293,30 +319,28 @@ def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, o
         ``(acc [C+1, H, W], final_T [H, W])`` float32: ``acc[:C] = sum(c alpha T)``,
         ``acc[C] = sum(z alpha T)``, and the transmittance left.
     """
-    idx = torch_backend.depth_order(pre)
-    take = lambda t, dtype=torch.float32: t.index_select(0, idx).to(dtype).contiguous()  # noqa: E731
-    xy, conic, cov, opac = take(pre["means2D"]), take(pre["conic"]), take(pre["cov2D"]), take(opacity)
-    rect = take(torch.cat([pre["rect_min"], pre["rect_max"]], 1), torch.int32)
-    colors = colors.float().contiguous()   # read in place, through idx
-    depth = take(pre["depth"])
+    idx = torch_backend.depth_order(pre)   # the kernels read the Gaussians through it
+    xy, conic, cov, depth = (pre[key].float().contiguous() for key in ("means2D", "conic", "cov2D", "depth"))
+    rect = (pre["rect"] if "rect" in pre else torch.cat([pre["rect_min"], pre["rect_max"]], 1)).to(torch.int32).contiguous()
+    opac, colors = opacity.float().contiguous(), colors.float().contiguous()
     n, k = idx.numel(), colors.shape[1] + 1
     tiles = -(-width // torch_backend.BLOCK) * -(-height // torch_backend.BLOCK)
     workers = _threads()[1]
     bounds = [n * w // workers for w in range(workers + 1)]   # Gaussians binned in depth-ordered ranges
-    box = torch.empty(n, 4, dtype=torch.int32)
+    box = torch.empty(xy.shape[0], 4, dtype=torch.int32)   # written for the Gaussians in idx
     counts = torch.zeros(workers, tiles, dtype=torch.int64)
-    totals = _parallel(lib.gag_bin_count, [(bounds[w], bounds[w + 1], xy, conic, cov, opac, rect, width, height, box,
+    totals = _parallel(lib.gag_bin_count, [(bounds[w], bounds[w + 1], idx, xy, conic, cov, opac, rect, width, height, box,
                                             counts[w]) for w in range(workers)])
     starts = torch.zeros(tiles + 1, dtype=torch.int64)
     torch.cumsum(counts.sum(0), 0, out=starts[1:])
     cursor = (starts[:-1] + counts.cumsum(0) - counts).contiguous()   # [workers, tiles]: each range's place
     lists = torch.empty(sum(totals), dtype=torch.int32)
-    _parallel(lib.gag_bin_fill, [(bounds[w], bounds[w + 1], box, width, cursor[w], lists) for w in range(workers)])
+    _parallel(lib.gag_bin_fill, [(bounds[w], bounds[w + 1], idx, box, width, cursor[w], lists) for w in range(workers)])
     out = torch.empty(k, height, width)
     final_t = torch.empty(height, width)
     step = max(1, tiles // (8 * workers))   # small ranges, taken in turn: tiles differ in cost
     _parallel(lib.gag_render_tiles, [(t0, min(t0 + step, tiles), width, height, xy, conic, opac, box, starts, lists,
-                                      colors, idx, depth, k - 1, out, final_t) for t0 in range(0, tiles, step)])
+                                      colors, depth, k - 1, out, final_t) for t0 in range(0, tiles, step)])
     return out, final_t
 
 
@@ -388,4 +412,5 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
     lib = library()
     return torch_backend.rasterize(means, covars, colors, opacities, viewmatrix, projmatrix, tanfovx, tanfovy,
                                    height, width, background, exact=True,
-                                   composite=lambda pre, c, o, h, w: composite_camera(lib, pre, c, o, h, w))
+                                   composite=lambda pre, c, o, h, w: composite_camera(lib, pre, c, o, h, w),
+                                   preprocess_camera=lambda *camera: preprocess_camera(lib, *camera))

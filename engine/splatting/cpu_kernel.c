@@ -3,9 +3,11 @@
  * Built on first use by cpu_backend.py with the system's C compiler (C99 with the GCC/Clang vector
  * extensions; no Python or torch headers) and called through ctypes, which releases the GIL, so
  * cpu_backend.py runs disjoint Gaussian and tile ranges on several threads. Inputs are the
- * preprocessed Gaussians of one camera in compositing order (view depth, ties by index). Per
+ * preprocessed Gaussians of one camera, read through their compositing order (view depth, ties by
+ * index). Per
  * (Gaussian, pixel) the arithmetic is the official kernel's float32 code, operation by operation
- * (built without FMA contraction or fast-math), with exp as a polynomial within about 1 ulp.
+ * (built without FMA contraction or fast-math), with exp as a polynomial within about 1 ulp (whose
+ * multiply-adds, and only those, are FMA where the CPU has it: fmadd).
  *
  * The same library holds the frame compositing of engine/framing.py (gag_composite_rows) and the
  * Winograd convolutions of engine/networks/cpu_layers.py (gag_wino_conv).
@@ -36,9 +38,95 @@ static int risky_conic(double a, double b, double c) {
     return !(a > 0.0 && c > 0.0 && b * b < (1.0 - 1e-5) * a * c && isfinite(a) && isfinite(b) && isfinite(c));
 }
 
-/* Pixel boxes and per-tile list lengths of Gaussians [i0, i1).
+/* x * y + z rounded once where the build's target has FMA, else rounded twice (scalar fmadd). */
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__ARM_FEATURE_FMA)
+#define FMAF(x, y, z) __builtin_fmaf(x, y, z)
+#else
+#define FMAF(x, y, z) ((x) * (y) + (z))
+#endif
+/* a0 b0 + a1 b1 + a2 b2 as torch's float32 matmul of [N, 3] by [3, 3] computes it on x86 CPUs with
+ * FMA (a chain of FMAs from a0 b0), and as its batched matmul of 2 x 3 matrices does (plain sums). */
+#define DOT3_CHAIN(a0, b0, a1, b1, a2, b2) FMAF(a2, b2, FMAF(a1, b1, (a0) * (b0)))
+#define DOT3_SUM(a0, b0, a1, b1, a2, b2) ((a0) * (b0) + (a1) * (b1) + (a2) * (b2))
+
+static inline float max_nan(float a, float b) { return a != a || b != b ? NAN : a > b ? a : b; }   /* torch.maximum */
+static inline float min_nan(float a, float b) { return a != a || b != b ? NAN : a < b ? a : b; }   /* torch.minimum */
+
+/* torch.nan_to_num(v, nan=0, posinf=pos) (neginf: the lowest float). */
+static inline float nan_to_num(float v, float pos) {
+    return v != v ? 0.0f : v == INFINITY ? pos : v == -INFINITY ? -3.40282347e38f : v;
+}
+
+/* The tile rect bound trunc(t), clamped to 0 .. grid. */
+static inline int32_t rect_bound(float t, int32_t grid) {
+    t = nan_to_num(truncf(t), 3.40282347e38f);
+    return t < 0.0f ? 0 : t > (float)grid ? grid : (int32_t)t;
+}
+
+/* Per-Gaussian projection of Gaussians [i0, i1) for one camera: torch_backend.preprocess (exact)
+ * in C, operation by operation in float32 (ndc2Pix in double, as the official kernel); on x86 CPUs
+ * with FMA its results are preprocess's bit for bit (DOT3_*), elsewhere they differ by rounding.
  *
- * xy [n, 2] pixels; conic [n, 3] (a, b, c); cov [n, 3] 2D covariance (a, b, c, pixels^2);
+ * means [n, 3], covars [n, 3, 3] world; V, P [4, 4] the official view and full projection matrices,
+ * row-major (p_view = p V[:3, :3] + V[3, :3]); tanfovx, tanfovy. Writes xy [n, 2] pixels, depth [n]
+ * view-space z, conic [n, 3], cov2d [n, 3] (a, b, c, pixels^2, dilated by 0.3), radii [n] (0 =
+ * dropped), rect [n, 4] the tile rect x0, y0, x1, y1 (tiles, exclusive) and valid [n] (0 or 1).
+ */
+EXPORT void gag_preprocess(int32_t i0, int32_t i1, const float *means, const float *covars, const float *V,
+                           const float *P, double tanfovx, double tanfovy, int32_t width, int32_t height,
+                           float *xy, float *depth, float *conic, float *cov2d, int32_t *radii, int32_t *rect,
+                           uint8_t *valid) {
+    const float fx = (float)(width / (2.0 * tanfovx)), fy = (float)(height / (2.0 * tanfovy));
+    const float limx = 1.3f * (float)tanfovx, limy = 1.3f * (float)tanfovy;
+    const int32_t grid_x = (width + TILE - 1) / TILE, grid_y = (height + TILE - 1) / TILE;
+    for (int32_t i = i0; i < i1; i++) {
+        const float *p = means + 3 * (int64_t)i, *sig = covars + 9 * (int64_t)i;
+        float view[3], hom[4], M[2][3], T[2][3], cov[2][2];
+        for (int j = 0; j < 3; j++) view[j] = DOT3_CHAIN(p[0], V[j], p[1], V[4 + j], p[2], V[8 + j]) + V[12 + j];
+        for (int j = 0; j < 4; j++) hom[j] = DOT3_CHAIN(p[0], P[j], p[1], P[4 + j], p[2], P[8 + j]) + P[12 + j];
+        const float w = 1.0f / (hom[3] + 1e-7f), tz = view[2];
+        const float tx = min_nan(limx, max_nan(-limx, view[0] / tz)) * tz;
+        const float ty = min_nan(limy, max_nan(-limy, view[1] / tz)) * tz;
+        const float J[2][3] = {{fx / tz, 0.0f, -(fx * tx) / (tz * tz)}, {0.0f, fy / tz, -(fy * ty) / (tz * tz)}};
+        for (int r = 0; r < 2; r++)   /* M = J W^T, cov = M Sigma M^T */
+            for (int c = 0; c < 3; c++) M[r][c] = DOT3_CHAIN(J[r][0], V[4 * c], J[r][1], V[4 * c + 1], J[r][2], V[4 * c + 2]);
+        for (int r = 0; r < 2; r++)
+            for (int c = 0; c < 3; c++) T[r][c] = DOT3_SUM(M[r][0], sig[c], M[r][1], sig[3 + c], M[r][2], sig[6 + c]);
+        for (int r = 0; r < 2; r++)
+            for (int c = 0; c < 2; c++) cov[r][c] = DOT3_SUM(T[r][0], M[c][0], T[r][1], M[c][1], T[r][2], M[c][2]);
+        const float a = cov[0][0] + 0.3f, b = cov[0][1], c = cov[1][1] + 0.3f;
+        const float det = a * c - b * b, det_inv = 1.0f / det, mid = 0.5f * (a + c);
+        const float d = mid * mid - det;
+        const float disc = sqrtf(d < 0.1f ? 0.1f : d);   /* clamp(min=0.1): NaN stays NaN */
+        const float radius = ceilf(3.0f * sqrtf(max_nan(mid + disc, mid - disc)));
+        const float x = (float)(((hom[0] * w + 1.0) * width - 1.0) * 0.5);   /* ndc2Pix, in double */
+        const float y = (float)(((hom[1] * w + 1.0) * height - 1.0) * 0.5);
+        const float rad = nan_to_num(radius, 1e9f);
+        const int32_t x0 = rect_bound((x - rad) / TILE, grid_x), y0 = rect_bound((y - rad) / TILE, grid_y);
+        const int32_t x1 = rect_bound((((x + rad) + TILE) - 1.0f) / TILE, grid_x);
+        const int32_t y1 = rect_bound((((y + rad) + TILE) - 1.0f) / TILE, grid_y);
+        const int ok = tz > 0.2f && det != 0.0f && isfinite(radius) && (int64_t)(x1 - x0) * (y1 - y0) != 0;   /* NEAR */
+        xy[2 * i] = x;
+        xy[2 * i + 1] = y;
+        depth[i] = tz;
+        conic[3 * i] = c * det_inv;
+        conic[3 * i + 1] = -b * det_inv;
+        conic[3 * i + 2] = a * det_inv;
+        cov2d[3 * i] = a;
+        cov2d[3 * i + 1] = b;
+        cov2d[3 * i + 2] = c;
+        radii[i] = ok ? (int32_t)radius : 0;
+        rect[4 * i] = x0;
+        rect[4 * i + 1] = y0;
+        rect[4 * i + 2] = x1;
+        rect[4 * i + 3] = y1;
+        valid[i] = (uint8_t)ok;
+    }
+}
+
+/* Pixel boxes and per-tile list lengths of the Gaussians order[i0 .. i1 - 1].
+ *
+ * order [k] Gaussian indices in compositing order; xy [n, 2] pixels; conic [n, 3] (a, b, c); cov [n, 3] 2D covariance (a, b, c, pixels^2);
  * opacity [n]; rect [n, 4] the kernel's tile rect x0, y0, x1, y1 (tiles, exclusive). Writes
  * box [n, 4] inclusive pixel box x0, x1, y0, y1: the tile rect clipped to the image and to the
  * bounding box of the ellipse d^T conic d <= 2 ln(255 o) outside which alpha < 1/255 (the whole
@@ -47,13 +135,23 @@ static int risky_conic(double a, double b, double c) {
  * backend's float32 mode widens it (MARGIN_*, F32_*), against the float32 rounding of power,
  * which grows as 1 / (1 - rho^2) for correlated conics. Returns the number of (Gaussian, tile) pairs.
  */
-EXPORT int64_t gag_bin_count(int32_t i0, int32_t i1, const float *xy, const float *conic, const float *cov,
-                             const float *opacity, const int32_t *rect, int32_t width, int32_t height,
-                             int32_t *box, int64_t *counts) {
+EXPORT int64_t gag_bin_count(int32_t i0, int32_t i1, const int64_t *order, const float *xy, const float *conic,
+                             const float *cov, const float *opacity, const int32_t *rect, int32_t width,
+                             int32_t height, int32_t *box, int64_t *counts) {
     const int32_t tiles_x = (width + TILE - 1) / TILE;
     int64_t total = 0;
-    for (int32_t i = i0; i < i1; i++) {
-        int32_t *bx = box + 4 * (int64_t)i;
+    for (int32_t r = i0; r < i1; r++) {
+        const int64_t i = order[r];
+        if (r + PREFETCH < i1) {   /* the order jumps through memory: fetch ahead */
+            const int64_t h = order[r + PREFETCH];
+            __builtin_prefetch(rect + 4 * h);
+            __builtin_prefetch(xy + 2 * h);
+            __builtin_prefetch(conic + 3 * h);
+            __builtin_prefetch(cov + 3 * h);
+            __builtin_prefetch(opacity + h);
+            __builtin_prefetch(box + 4 * h, 1);
+        }
+        int32_t *bx = box + 4 * i;
         int32_t x0 = rect[4 * i] * TILE, y0 = rect[4 * i + 1] * TILE;
         int32_t x1 = rect[4 * i + 2] * TILE, y1 = rect[4 * i + 3] * TILE;   /* exclusive */
         const double mx = xy[2 * i], my = xy[2 * i + 1], a = conic[3 * i], b = conic[3 * i + 1], c = conic[3 * i + 2];
@@ -89,19 +187,23 @@ EXPORT int64_t gag_bin_count(int32_t i0, int32_t i1, const float *xy, const floa
     return total;
 }
 
-/* Appends Gaussians [i0, i1), in order, to the lists of the tiles their boxes touch.
+/* Appends the Gaussians order[i0 .. i1 - 1], in that order, to the lists of the tiles their boxes
+ * touch (their indices).
  *
  * cursor [tiles]: where each tile's next entry goes in list (advanced); the ranges of several
  * calls do not overlap when each starts at its tile's offset plus the earlier ranges' counts.
  */
-EXPORT void gag_bin_fill(int32_t i0, int32_t i1, const int32_t *box, int32_t width, int64_t *cursor, int32_t *list) {
+EXPORT void gag_bin_fill(int32_t i0, int32_t i1, const int64_t *order, const int32_t *box, int32_t width,
+                         int64_t *cursor, int32_t *list) {
     const int32_t tiles_x = (width + TILE - 1) / TILE;
-    for (int32_t i = i0; i < i1; i++) {
-        const int32_t *bx = box + 4 * (int64_t)i;
+    for (int32_t r = i0; r < i1; r++) {
+        const int64_t i = order[r];
+        if (r + PREFETCH < i1) __builtin_prefetch(box + 4 * order[r + PREFETCH]);
+        const int32_t *bx = box + 4 * i;
         if (bx[1] < bx[0]) continue;
         for (int32_t ty = bx[2] / TILE; ty <= bx[3] / TILE; ty++)
             for (int32_t tx = bx[0] / TILE; tx <= bx[1] / TILE; tx++)
-                list[cursor[(int64_t)ty * tiles_x + tx]++] = i;
+                list[cursor[(int64_t)ty * tiles_x + tx]++] = (int32_t)i;
     }
 }
 
@@ -138,29 +240,72 @@ static inline int32_t count(vi mask) {
     return n;
 }
 
+/* a * b + c per lane, rounded once where the build's target has FMA (x86-64 CPUs since 2013, 64-bit
+ * ARM): exp_neg's polynomial is a chain of dependent multiply-adds, and with FMA it takes half the
+ * instructions (the compositing is 15-20% faster). A build without FMA rounds twice: its alphas
+ * differ from FMA builds' in the last bit, here and there. */
+#if defined(__FMA__) || defined(__AVX512F__)
+#include <immintrin.h>
+#if LANES % 16 == 0 && defined(__AVX512F__)
+#define FMA_WIDTH 16
+typedef __m512 fma_chunk;
+#define FMA_CHUNK(a, b, c) _mm512_fmadd_ps(a, b, c)
+#elif LANES % 8 == 0
+#define FMA_WIDTH 8
+typedef __m256 fma_chunk;
+#define FMA_CHUNK(a, b, c) _mm256_fmadd_ps(a, b, c)
+#else
+#define FMA_WIDTH 4
+typedef __m128 fma_chunk;
+#define FMA_CHUNK(a, b, c) _mm_fmadd_ps(a, b, c)
+#endif
+#elif defined(__ARM_FEATURE_FMA) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define FMA_WIDTH 4
+typedef float32x4_t fma_chunk;
+#define FMA_CHUNK(a, b, c) vfmaq_f32(c, a, b)
+#endif
+
+static inline vf fmadd(vf a, vf b, vf c) {
+#ifdef FMA_WIDTH   /* the same bits for any LANES */
+    vf r;
+    for (int i = 0; i < LANES; i += FMA_WIDTH) {   /* one instruction per FMA_WIDTH lanes */
+        fma_chunk x, y, z;
+        memcpy(&x, (const float *)&a + i, sizeof x);
+        memcpy(&y, (const float *)&b + i, sizeof y);
+        memcpy(&z, (const float *)&c + i, sizeof z);
+        z = FMA_CHUNK(x, y, z);
+        memcpy((float *)&r + i, &z, sizeof z);
+    }
+    return r;
+#else
+    return a * b + c;
+#endif
+}
+
 /* exp(x) for float x <= 0, per lane, within about 1 ulp (Cody-Waite reduction by ln 2, Cephes'
- * degree-6 polynomial); below -60 it is exp(-60), above 0 it is 1 (lanes the caller skips), NaN
- * stays NaN. Clamped so that o exp(x) for o >= 1e-6 stays a normal float: denormal arithmetic
- * costs a hundred cycles a lane on x86, and alpha < 1/255 (skipped) either way. */
+ * degree-6 polynomial, multiply-adds by fmadd); below -60 it is exp(-60), above 0 it is 1 (lanes
+ * the caller skips), NaN stays NaN. Clamped so that o exp(x) for o >= 1e-6 stays a normal float:
+ * denormal arithmetic costs a hundred cycles a lane on x86, and alpha < 1/255 (skipped) either way. */
 static inline vf exp_neg(vf x) {
     const vf lo = (vf){0} - 60.0f, hi = (vf){0};
     x = select(x < lo, lo, select(x > hi, hi, x));
-    const vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   /* round(x / ln 2) */
-    const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-    vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    const vf n = fmadd(x, (vf){0} + 1.44269504088896341f, (vf){0} + 12582912.0f) - 12582912.0f;   /* round(x / ln 2) */
+    const vf r = fmadd(n, (vf){0} + 2.12194440e-4f, x - n * 0.693359375f);   /* x - n ln 2, n * 0.693359375 exact */
+    vf p = fmadd(r, (vf){0} + 1.9875691500e-4f, (vf){0} + 1.3981999507e-3f);
+    p = fmadd(p, r, (vf){0} + 8.3334519073e-3f);
+    p = fmadd(p, r, (vf){0} + 4.1665795894e-2f);
+    p = fmadd(p, r, (vf){0} + 1.6666665459e-1f);
+    p = fmadd(p, r, (vf){0} + 5.0000001201e-1f);
+    p = fmadd(p, r * r, r) + 1.0f;
     return p * (vf)((__builtin_convertvector(n, vi) + 127) << 23);   /* times 2^n */
 }
 
 /* Composite tiles [t0, t1) front to back, as the kernel's renderCUDA.
  *
  * box, starts and list: gag_bin_count's and gag_bin_fill's (starts [tiles + 1] the lists' offsets).
- * The channels composited are colors [*, channels] of the Gaussians' original rows order [n], then
- * their view depth [n] (k = channels + 1 in all, in passes of 64); out [k, height, width] receives
+ * The channels composited are colors [n, channels], then the view depth [n] (k = channels + 1 in
+ * all, in passes of 64); out [k, height, width] receives
  * sum(f alpha T) and final_t [height, width] the transmittance left. Each Gaussian is evaluated on
  * the tile rows its box covers, LANES pixels at a time (pixels outside the box are skipped); a
  * tile stops when all its pixels have.
@@ -168,7 +313,7 @@ static inline vf exp_neg(vf x) {
 EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t height, const float *xy,
                              const float *conic, const float *opacity, const int32_t *box,
                              const int64_t *starts, const int32_t *list, const float *colors,
-                             const int64_t *order, const float *depth, int32_t channels,
+                             const float *depth, int32_t channels,
                              float *out, float *final_t) {
     const int32_t tiles_x = (width + TILE - 1) / TILE, k = channels + 1;
     vf acc[TILE * SEGS * 64];   /* [segment][channel]: sum(f alpha T) of the segment's pixels */
@@ -196,7 +341,7 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
                     __builtin_prefetch(xy + 2 * h);
                     __builtin_prefetch(conic + 3 * h);
                     __builtin_prefetch(opacity + h);
-                    for (int32_t ch = 0; ch < channels; ch += 16) __builtin_prefetch(colors + order[h] * channels + ch);
+                    for (int32_t ch = 0; ch < channels; ch += 16) __builtin_prefetch(colors + h * channels + ch);
                     __builtin_prefetch(depth + h);
                 }
                 const int32_t *bx = box + 4 * (int64_t)g;
@@ -211,7 +356,7 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
                     bdx[q] = b * dx;
                 }
                 const float o = opacity[g] > 1e-6f ? opacity[g] : 1e-6f;   /* alpha < 1/255 either way */
-                const float *restrict f = colors + order[g] * channels + ch0;   /* ch0 .. ch0 + kf: colours */
+                const float *restrict f = colors + (int64_t)g * channels + ch0;   /* ch0 .. ch0 + kf: colours */
                 const int32_t kf = channels - ch0 < kc ? channels - ch0 : kc;
                 const float z = depth[g];
                 for (int32_t y = ya; y <= yb; y++) {   /* alpha for the rows (independent, so they overlap) */

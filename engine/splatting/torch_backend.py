@@ -572,7 +572,8 @@ def _composite_camera(pre: dict[str, Tensor], colors: Tensor, opacity: Tensor, h
 def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, viewmatrix: Tensor,
               projmatrix: Tensor, tanfovx: float, tanfovy: float, height: int, width: int,
               background: Tensor | None = None, max_pairs: int = MAX_PAIRS, exact: bool | None = None,
-              composite: Callable[..., tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              composite: Callable[..., tuple[Tensor, Tensor]] | None = None,
+              preprocess_camera: Callable[..., dict[str, Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Render ``B`` cameras of ``B`` Gaussian sets exactly like the official CUDA forward.
 
     Args:
@@ -591,6 +592,9 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
             without float64; ``None``: ``True`` where :func:`has_float64`.
         composite: ``(pre, colors [N, C], opacity [N], height, width) -> (acc [C+1, H, W], final_T
             [H, W])`` compositing one camera instead of the torch code (the CPU backend's kernel).
+        preprocess_camera: ``(means [N, 3], covars [N, 3, 3], viewmatrix, projmatrix, tanfovx, tanfovy, height,
+            width) -> pre`` projecting one camera instead of :func:`preprocess` (exact; the CPU
+            backend's kernel).
 
     Returns:
         ``(features [B, C, H, W], alpha [B, 1, H, W] = 1 - final T, depth [B, 1, H, W],
@@ -602,7 +606,10 @@ def rasterize(means: Tensor, covars: Tensor, colors: Tensor, opacities: Tensor, 
     exact = has_float64(means.device) if exact is None else exact
     feats, alphas, depths, radii = [], [], [], []
     for b in range(B):
-        pre = preprocess(means[b], covars[b], viewmatrix[b], projmatrix[b], tanfovx, tanfovy, height, width, exact)
+        if preprocess_camera is None:
+            pre = preprocess(means[b], covars[b], viewmatrix[b], projmatrix[b], tanfovx, tanfovy, height, width, exact)
+        else:
+            pre = preprocess_camera(means[b], covars[b], viewmatrix[b], projmatrix[b], tanfovx, tanfovy, height, width)
         if composite is None:
             acc, final_t = _composite_camera(pre, colors[b], opac[b], height, width, max_pairs, exact)
         else:
