@@ -9,10 +9,12 @@ there, so that later frames reuse them once the heap has settled on a layout (a 
 ``bench/bench_style_unet.py`` measures the effect, ``tests/test_host_memory.py`` counts the faults).
 
 It is process-wide (every ``malloc`` of the process), so it belongs where the engine owns the
-process: the ``gagavatar`` command lines and the benchmarks call it; Blender, whose memory is not
-ours to manage, does not. The cost is memory: freed buffers stay with the process (up to about
-the peak of one frame) instead of going back to the system. ``GAGAVATAR_KEEP_BUFFERS=0`` turns it
-off; elsewhere than glibc (macOS, Windows, musl) it does nothing.
+process: the ``gagavatar`` command lines and the benchmarks call it; the Blender add-on only where
+its *Frame Memory* preference says so (by default in a command-line Blender, whose process the
+render job owns; not in the interactive app, whose memory is not ours to manage). The cost is
+memory: freed buffers stay with the process (up to about the peak of one frame) instead of going
+back to the system. ``GAGAVATAR_KEEP_BUFFERS=0`` turns it off; elsewhere than glibc (macOS,
+Windows, musl) it does nothing.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ space (:mod:`.colour`).
 """
 from __future__ import annotations
 
-from ..engine import framing
+from ..engine import framing, host_memory
 from . import colour, networks, preferences, scene_views
 
 
@@ -20,6 +20,8 @@ def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None
         GAGAvatarError: missing assets, an unavailable device, a broken avatar.
     """
     prefs = preferences.get()
+    if preferences.keeps_frame_memory(prefs):
+        host_memory.keep_large_buffers()   # process-wide and for good (idempotent)
     device = networks.resolve_device(prefs.device)
     views = scene_views.avatar_views(depsgraph, camera_world, device)
     if not views:

@@ -79,6 +79,7 @@ class GAGAVATAR_PT_render(bpy.types.Panel):
         layout.prop(prefs, "device")
         layout.prop(context.scene.gagavatar_render, "precision")
         layout.prop(prefs, "viewport_mode")
+        layout.prop(prefs, "frame_memory")
         layout.prop(context.view_layer, "use_pass_z", text="Depth Pass")
         if render_engine.colour_warning(context.scene):
             view = context.scene.view_settings

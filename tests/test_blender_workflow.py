@@ -155,6 +155,25 @@ def test_a_cpu_render_splats_with_the_kernel_built_in_the_extensions_user_folder
     assert rasterize.resolve_backend("auto", torch.zeros(1)) == "cpu"
 
 
+def test_command_line_renders_keep_frame_memory(avatar, monkeypatch):
+    """*Frame Memory* Auto keeps large buffers between frames in a command-line Blender (the bpy
+    module is one; so are farm nodes); Give Back never asks for it."""
+    import bpy
+    host_memory, prefs = ext("engine.host_memory"), installed_prefs()
+    asked = []
+    monkeypatch.setattr(host_memory, "keep_large_buffers", lambda: asked.append(1) or True)
+    assert prefs.frame_memory == "AUTO" and bpy.app.background
+    bpy.ops.render.render()
+    assert asked
+    asked.clear()
+    prefs.frame_memory = "RETURN"
+    try:
+        bpy.ops.render.render()
+    finally:
+        prefs.frame_memory = "AUTO"
+    assert not asked
+
+
 def installed_prefs():
     import bpy
     return bpy.context.preferences.addons[MODULE].preferences
