@@ -102,16 +102,12 @@ def keeps_frame_memory(prefs) -> bool:
 
 
 classes = (GAGAVATAR_AP_preferences,)
+_register_classes, unregister = bpy.utils.register_classes_factory(classes)
 
 
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     addon = bpy.context.preferences.addons.get(deps.root_package())
     if addon is not None and addon.preferences is not None:  # not yet there on a first enable
         deps.add_site_packages(addon.preferences.python_path)
 
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
