@@ -33,12 +33,21 @@ MMAP_FALLBACK_BYTES = 32 << 20
 """glibc's own maximum for the mmap threshold (older releases refuse more)."""
 
 
+_kept = False
+"""Whether :func:`keep_large_buffers` took effect in this process (it cannot be undone)."""
+
+
 def keep_large_buffers() -> bool:
     """Ask glibc to serve large blocks from the heap and keep freed ones. Returns whether it took effect.
 
-    Idempotent. False (and nothing changed) when disabled by ``GAGAVATAR_KEEP_BUFFERS=0``, off
-    Linux, or where the C library has no ``mallopt`` (musl).
+    Idempotent: once it took effect, later calls return True at once (the Blender add-on asks before
+    every frame; finding the C library takes a millisecond or two). False (and nothing changed)
+    when disabled by ``GAGAVATAR_KEEP_BUFFERS=0``, off Linux, or where the C library has no
+    ``mallopt`` (musl).
     """
+    global _kept
+    if _kept:
+        return True
     if os.environ.get("GAGAVATAR_KEEP_BUFFERS", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -48,4 +57,5 @@ def keep_large_buffers() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     mmap_ok = mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1 or mallopt(M_MMAP_THRESHOLD, MMAP_FALLBACK_BYTES) == 1
-    return bool(mmap_ok and mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1)
+    _kept = bool(mmap_ok and mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1)
+    return _kept

@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,18 @@ def kit_checkpoint(kit) -> Path:
 def kit_flame(kit) -> Path:
     """The kit's synthetic FLAME_with_eye.pt (seed 0, the reference case's)."""
     return _generate("make_flame_asset.py", cache_dir() / "flame_seed0.pt", "--seed", "0")
+
+
+@pytest.fixture(scope="session")
+def fma_flags() -> list[str]:
+    """``["-mfma"]`` on an x86 CPU with FMA, whose own (``-march=native``) build of the CPU kernel
+    computes the multiply-adds its source asks FMA for, so that tests' builds at other vector widths
+    compute alike; ``[]`` elsewhere (64-bit ARM builds always have FMA, x86 CPUs without it never)."""
+    try:
+        has = platform.machine() in ("x86_64", "AMD64") and " fma " in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        has = False
+    return ["-mfma"] if has else []
 
 
 def _synthetic_assets() -> Path:

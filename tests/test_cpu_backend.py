@@ -3,7 +3,6 @@ references, against the torch backend, its dispatch (``auto``), and how it is bu
 refused. test_rasterizer.py runs it on the kit's dense scene and the early-stop case too."""
 import gc
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -313,22 +312,11 @@ def test_unwritable_cache_folder(fresh, monkeypatch):
         cpu_backend.set_cache_dir(None)
 
 
-def _fma_flags() -> list[str]:
-    """``-mfma`` on an x86 CPU with FMA, whose own (``-march=native``) build computes the splatting
-    ``exp``'s multiply-adds by FMA; none elsewhere (64-bit ARM builds always have FMA, x86 CPUs
-    without it never)."""
-    try:
-        has = platform.machine() in ("x86_64", "AMD64") and " fma " in open("/proc/cpuinfo").read()
-    except OSError:
-        has = False
-    return ["-mfma"] if has else []
-
-
-def test_every_vector_width_gives_the_same_bits(lib, tmp_path):
+def test_every_vector_width_gives_the_same_bits(lib, tmp_path, fma_flags):
     """4, 8 or 16 pixels per vector (SSE/NEON, AVX2, AVX-512 builds, with FMA where the CPU has it)
     and the CPU's own build composite bit for bit alike: frames rendered on different farm machines
     match."""
-    cc = [*cpu_backend._compiler(), *_fma_flags()]
+    cc = [*cpu_backend._compiler(), *fma_flags]
     g = _scene(n=2000, channels=70)   # two channel groups
     outs = []
     for lanes in (4, 8, 16):

@@ -2,7 +2,6 @@
 convolutions, where they apply, the transformed weights they keep, and the network through them.
 test_style_unet.py checks the network against the conformance kit with them in use."""
 import gc
-import platform
 import subprocess
 
 import pytest
@@ -136,16 +135,10 @@ def test_the_same_bits_on_torch_threads_or_ours_and_any_thread_count(lib, monkey
     assert all(torch.equal(outs[0], out) for out in outs[1:])
 
 
-def _has_fma() -> bool:
-    try:
-        return platform.machine() in ("x86_64", "AMD64") and " fma " in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_fma(), reason="builds with -mfma: an x86 CPU with FMA")
-def test_every_vector_width_gives_the_same_bits(lib, tmp_path):
+def test_every_vector_width_gives_the_same_bits(lib, tmp_path, fma_flags):
     """4, 8 or 16 floats per vector (SSE/NEON, AVX2, AVX-512 builds, all with FMA) compute alike."""
+    if not fma_flags:
+        pytest.skip("builds with -mfma: an x86 CPU with FMA")
     x, w, epilogue = _layer(96, 48, 20, 14, seed=4)
     x = x.contiguous(memory_format=torch.channels_last)
     wt = cpu_layers.transformed_weight(w)
@@ -156,7 +149,7 @@ def test_every_vector_width_gives_the_same_bits(lib, tmp_path):
             build = lib
         else:
             path = tmp_path / f"lanes{lanes}.so"
-            subprocess.run([*cpu_backend._compiler(), *cpu_backend.FLAGS, "-mfma", f"-DLANES={lanes}", "-o", str(path),
+            subprocess.run([*cpu_backend._compiler(), *cpu_backend.FLAGS, *fma_flags, f"-DLANES={lanes}", "-o", str(path),
                             str(cpu_backend.SOURCE), "-lm"], check=True, capture_output=True)
             build = cpu_backend.load(path)
         out = torch.empty(1, 48, 20, 14, memory_format=torch.channels_last)

@@ -50,6 +50,15 @@ def test_kept_buffers_are_reused_without_page_faults():
     assert default_faults > 40000 and faults < default_faults / 10, (faults, default_faults)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_once_kept_it_answers_at_once(monkeypatch):
+    """After it took effect, a call (the Blender add-on asks before every frame) does not look for the
+    C library again."""
+    assert host_memory.keep_large_buffers()
+    monkeypatch.setattr(host_memory.ctypes, "CDLL", lambda *a, **k: pytest.fail("looked for the C library again"))
+    assert host_memory.keep_large_buffers()
+
+
 def test_it_can_be_turned_off():
     kept, faults = _probe("keep", GAGAVATAR_KEEP_BUFFERS="0")
     assert not kept

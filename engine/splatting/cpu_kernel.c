@@ -38,8 +38,12 @@ static int risky_conic(double a, double b, double c) {
     return !(a > 0.0 && c > 0.0 && b * b < (1.0 - 1e-5) * a * c && isfinite(a) && isfinite(b) && isfinite(c));
 }
 
-/* x * y + z rounded once where the build's target has FMA, else rounded twice (scalar fmadd). */
 #if defined(__FMA__) || defined(__AVX512F__) || defined(__ARM_FEATURE_FMA)
+#define HAS_FMA 1   /* the build's target has fused multiply-adds (FMAF, fmadd) */
+#endif
+
+/* x * y + z rounded once where the build's target has FMA, else rounded twice (scalar fmadd). */
+#ifdef HAS_FMA
 #define FMAF(x, y, z) __builtin_fmaf(x, y, z)
 #else
 #define FMAF(x, y, z) ((x) * (y) + (z))
@@ -244,7 +248,7 @@ static inline int32_t count(vi mask) {
  * ARM): exp_neg's polynomial is a chain of dependent multiply-adds, and with FMA it takes half the
  * instructions (the compositing is 15-20% faster). A build without FMA rounds twice: its alphas
  * differ from FMA builds' in the last bit, here and there. */
-#if defined(__FMA__) || defined(__AVX512F__)
+#if defined(HAS_FMA) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
 #if LANES % 16 == 0 && defined(__AVX512F__)
 #define FMA_WIDTH 16
@@ -259,7 +263,7 @@ typedef __m256 fma_chunk;
 typedef __m128 fma_chunk;
 #define FMA_CHUNK(a, b, c) _mm_fmadd_ps(a, b, c)
 #endif
-#elif defined(__ARM_FEATURE_FMA) && defined(__ARM_NEON)
+#elif defined(HAS_FMA) && defined(__ARM_NEON)
 #include <arm_neon.h>
 #define FMA_WIDTH 4
 typedef float32x4_t fma_chunk;
