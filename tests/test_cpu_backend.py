@@ -82,7 +82,7 @@ def test_agrees_with_the_torch_backend(lib, channels, size):
 def test_compiled_preprocessing_is_the_torch_one(lib):
     """``gag_preprocess`` is :func:`torch_backend.preprocess` (exact) in C: the same footprints
     (radii, tile rects, visibility), and the same projections up to float rounding (bit for bit
-    where torch's float32 matmuls are the FMA chains it follows, as on x86 CPUs with FMA), also for
+    where torch's float32 matmuls round as it does, as on the Xeons checked), also for
     Gaussians behind the camera, off to the side, degenerate or not finite."""
     g = _scene(n=4000)
     cov = covariance_from_scale_rotation(g["scales"], g["rotations"])[0]

@@ -287,7 +287,8 @@ def preprocess_camera(lib: ctypes.CDLL, means: Tensor, covars: Tensor, viewmatri
                       tanfovx: float, tanfovy: float, height: int, width: int) -> dict[str, Tensor]:
     """:func:`.torch_backend.preprocess` (exact) with the compiled kernel (``gag_preprocess``; CPU
     tensors, the Gaussians split between the worker threads): the same dict, whose values are
-    preprocess's bit for bit on x86 CPUs with FMA and differ by float rounding elsewhere, less
+    preprocess's bit for bit where torch's float32 matmuls round as ``gag_preprocess`` does (the
+    Xeons this was checked on) and differ by float rounding elsewhere, less
     ``cov3D``, with ``rect [N, 4]`` int32 (``rect_min``, ``rect_max`` are views of it) and
     ``valid`` a view of uint8 flags."""
     means, covars = means.float().contiguous(), covars.float().contiguous()

@@ -48,8 +48,8 @@ static int risky_conic(double a, double b, double c) {
 #else
 #define FMAF(x, y, z) ((x) * (y) + (z))
 #endif
-/* a0 b0 + a1 b1 + a2 b2 as torch's float32 matmul of [N, 3] by [3, 3] computes it on x86 CPUs with
- * FMA (a chain of FMAs from a0 b0), and as its batched matmul of 2 x 3 matrices does (plain sums). */
+/* a0 b0 + a1 b1 + a2 b2 as torch's float32 matmul of [N, 3] by [3, 3] computed it on the Xeons
+ * checked (a chain of FMAs from a0 b0), and as its batched matmul of 2 x 3 matrices did (plain sums). */
 #define DOT3_CHAIN(a0, b0, a1, b1, a2, b2) FMAF(a2, b2, FMAF(a1, b1, (a0) * (b0)))
 #define DOT3_SUM(a0, b0, a1, b1, a2, b2) ((a0) * (b0) + (a1) * (b1) + (a2) * (b2))
 
@@ -68,8 +68,9 @@ static inline int32_t rect_bound(float t, int32_t grid) {
 }
 
 /* Per-Gaussian projection of Gaussians [i0, i1) for one camera: torch_backend.preprocess (exact)
- * in C, operation by operation in float32 (ndc2Pix in double, as the official kernel); on x86 CPUs
- * with FMA its results are preprocess's bit for bit (DOT3_*), elsewhere they differ by rounding.
+ * in C, operation by operation in float32 (ndc2Pix in double, as the official kernel): its results
+ * are preprocess's bit for bit where torch's matmuls round as DOT3_* (the Xeons this was checked
+ * on), and differ by float rounding elsewhere.
  *
  * means [n, 3], covars [n, 3, 3] world; V, P [4, 4] the official view and full projection matrices,
  * row-major (p_view = p V[:3, :3] + V[3, :3]); tanfovx, tanfovy. Writes xy [n, 2] pixels, depth [n]
