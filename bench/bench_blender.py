@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     module = enable_extension(build_extension.build(Path(tempfile.mkdtemp(prefix="gagavatar-zip-"))))
     ext = lambda name: importlib.import_module(f"{module}.{name}")  # noqa: E731
     bpy.ops.wm.read_homefile(use_empty=True)
-    bpy.context.preferences.addons[module].preferences.frame_memory = args.frame_memory
+    prefs = bpy.context.preferences.addons[module].preferences
+    prefs.frame_memory = args.frame_memory
     assert bpy.ops.gagavatar.create_avatar(filepath=str(Path(args.photo).resolve())) == {"FINISHED"}
     scene = bpy.context.scene
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
@@ -84,7 +85,6 @@ def main(argv=None) -> int:
 
     from gagavatar.engine.cameras import blender_to_transform
     networks, scene_views = ext("gagavatar_blender.networks"), ext("gagavatar_blender.scene_views")
-    prefs = bpy.context.preferences.addons[module].preferences
     device = networks.resolve_device(prefs.device)
     model = networks.load_model(networks.asset_paths(prefs)[0], device)
     view = scene_views.avatar_views(bpy.context.evaluated_depsgraph_get(), scene.camera.matrix_world, device)[0]
