@@ -363,9 +363,9 @@ def place(lib: ctypes.CDLL, layers: list[tuple], min_alpha: float, background_de
             the passes are written into (every pixel), rows bottom-up.
     """
     planes, cols, colws, rows, rowws, boxes = zip(*layers)
-    planes = [p.float().contiguous() for p in planes]
+    planes = [p.float().permute(1, 2, 0).contiguous() for p in planes]   # [sh, sw, 8]: a pixel's planes together
     addresses = np.array([p.data_ptr() for p in planes], np.int64)
-    shape = np.array([p.shape[1:] for p in planes], np.int32)
+    shape = np.array([p.shape[:2] for p in planes], np.int32)
     box = np.array(boxes, np.int32)
     col, row = np.concatenate(cols).astype(np.int32), np.concatenate(rows).astype(np.int32)
     colw, roww = np.concatenate(colws).astype(np.float32), np.concatenate(rowws).astype(np.float32)

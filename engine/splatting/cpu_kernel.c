@@ -405,10 +405,10 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
 /* Frame compositing (engine/framing.py): avatars' crop planes resampled into a frame's render
  * passes and composited front to back, per pixel by depth.
  *
- * Layer l (of n) is planes[l] [8, sh, sw] (shape[l] = {sh, sw}): linear premultiplied RGB, alpha,
- * depth x alpha, coarse RGB, the crop the network rendered (shrunk beforehand when the frame shows
- * it smaller). It covers the frame pixels box[l] = {xa, ya, xb, yb}. Bilinear, as grid_sample with
- * align_corners=False and zero padding: its box column x (frame column xa + x) samples source
+ * Layer l (of n) is planes[l] [sh, sw, 8] (shape[l] = {sh, sw}; a pixel's 8 planes together):
+ * linear premultiplied RGB, alpha, depth x alpha, coarse RGB, the crop the network rendered (shrunk
+ * beforehand when the frame shows it smaller). It covers the frame pixels box[l] = {xa, ya, xb,
+ * yb}. Bilinear, as grid_sample with align_corners=False and zero padding: its box column x (frame column xa + x) samples source
  * column col[x] + colw[x] (col[x] in -1 .. sw - 1, taps outside the crop are 0), its box row y
  * likewise (row, roww); the layers' col and colw follow one another (xb - xa entries each), as do
  * their row and roww (yb - ya each).
@@ -423,6 +423,7 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
  * Returns 0, or -1 when it cannot allocate its row buffers.
  */
 typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
+typedef float v8u __attribute__((vector_size(8 * sizeof(float)), aligned(sizeof(float))));   /* v8f at any float */
 
 EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_t *shape, const int32_t *box,
                                   const int32_t *col, const float *colw, const int32_t *row, const float *roww,
@@ -460,23 +461,29 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
             const int32_t c0 = lc[0] < 0 ? 0 : lc[0];   /* the source columns this row reads */
             const int32_t c1 = lc[b[2] - b[0] - 1] + 1 < sw ? lc[b[2] - b[0] - 1] + 1 : sw - 1;
             const int top = r0 >= 0, bottom = r0 + 1 < sh;
-            const float *src = (const float *)(uintptr_t)planes[l];
-            const int64_t plane = (int64_t)sh * sw;
+            const v8u *p0 = (const v8u *)(uintptr_t)planes[l] + (int64_t)r0 * sw, *p1 = p0 + sw;
             v8f *line = base + line_at[l];
-            for (int32_t j = c0; j <= c1; j++) {
-                v8f v;
-                for (int c = 0; c < 8; c++) {
-                    const float *p = src + c * plane + j;
-                    v[c] = (top ? gy * p[(int64_t)r0 * sw] : 0.0f) + (bottom ? fy * p[(int64_t)(r0 + 1) * sw] : 0.0f);
-                }
-                line[j] = v;
-            }
+            if (top && bottom) for (int32_t j = c0; j <= c1; j++) line[j] = gy * p0[j] + fy * p1[j];
+            else if (top) for (int32_t j = c0; j <= c1; j++) line[j] = gy * p0[j] + 0.0f;
+            else for (int32_t j = c0; j <= c1; j++) line[j] = 0.0f + fy * p1[j];
         }
         if (x1 <= x0) x0 = x1 = width;   /* none */
         memset(cmb, 0, 4 * sizeof(float) * (size_t)x0);
         memset(crs, 0, 3 * sizeof(float) * (size_t)x0);
         for (int32_t x = 0; x < x0; x++) dep[x] = background_depth;
-        for (int32_t x = x0; x < x1; x++) {
+        if (m == 1) {   /* one layer on the row: its samples as they are (what the loop below gives for k = 1) */
+            const int32_t *lc = col + col_at[on[0]];
+            const float *lw = colw + col_at[on[0]];
+            const v8f *line = base + line_at[on[0]];
+            for (int32_t x = x0; x < x1; x++) {
+                const float fx = lw[x - x0];
+                const v8f v = (1.0f - fx) * line[lc[x - x0]] + fx * line[lc[x - x0] + 1];
+                const float d = v[3] > min_alpha ? v[4] / v[3] : INFINITY;
+                memcpy(cmb + 4 * x, &v, 4 * sizeof(float));
+                crs[3 * x] = v[5]; crs[3 * x + 1] = v[6]; crs[3 * x + 2] = v[7];
+                dep[x] = d < INFINITY ? d : background_depth;
+            }
+        } else for (int32_t x = x0; x < x1; x++) {
             int32_t k = 0;
             for (int32_t a = 0; a < m; a++) {
                 const int32_t l = on[a], *b = box + 4 * l;
