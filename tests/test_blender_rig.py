@@ -59,6 +59,12 @@ def test_rig_structure(rig, capfd):
     assert len(drivers) == 36 and all(d.driver.is_simple_expression for d in drivers)
     bpy.context.view_layer.update()  # first evaluation builds the relations: no dependency cycle
     assert "cycle" not in "".join(capfd.readouterr())
+    # Each Exp key is read by one driver (the armature data's mirror), not once per bone and axis:
+    # Blender finds a key block by a linear search of their names, per variable, per depsgraph build.
+    paths = [v.targets[0].data_path for owner in (arm_obj, arm_obj.data, mesh_obj.data.shape_keys)
+             for d in owner.animation_data.drivers for v in d.driver.variables]
+    assert sorted(p for p in paths if p.startswith("key_blocks")) == \
+        sorted(f'key_blocks["{name}"].value' for name in rig_module.EXPRESSION_KEYS)
     for owner in (arm_obj, arm_obj.data):
         # Native drivers only: simple expressions, or the deform bones copying their control (AVERAGE).
         assert all(d.driver.is_simple_expression if d.driver.type == "SCRIPTED" else d.driver.type == "AVERAGE"
