@@ -106,17 +106,19 @@ class Layers:
 
     Attributes:
         combined: ``[H, W, 4]`` premultiplied RGBA (alpha = splatting opacity).
-        coarse: ``[H, W, 3]`` premultiplied splatted RGB (feature channels 0-2, sRGB-decoded).
+        coarse: ``[H, W, 3]`` premultiplied splatted RGB (feature channels 0-2, sRGB-decoded); None
+            when the caller did not ask for it (``coarse=False``).
         depth: ``[H, W]`` scene-unit depth of the front avatar, :data:`BACKGROUND_DEPTH` elsewhere.
     """
 
     combined: np.ndarray
-    coarse: np.ndarray
+    coarse: Optional[np.ndarray]
     depth: np.ndarray
 
     @classmethod
-    def empty(cls, width: int, height: int) -> "Layers":
-        return cls(np.zeros((height, width, 4), np.float32), np.zeros((height, width, 3), np.float32),
+    def empty(cls, width: int, height: int, coarse: bool = True) -> "Layers":
+        return cls(np.zeros((height, width, 4), np.float32),
+                   np.zeros((height, width, 3), np.float32) if coarse else None,
                    np.full((height, width), BACKGROUND_DEPTH, np.float32))
 
 
@@ -242,8 +244,9 @@ CANCELLED = "cancelled"
 
 
 def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callable[[], bool]] = None,
-                 precision: str = "fp32"):
-    """Render one avatar into frame space (``precision``: the neural renderer's, ``fp32``, ``bf16`` or ``auto``).
+                 precision: str = "fp32", coarse: bool = True):
+    """Render one avatar into frame space (``precision``: the neural renderer's, ``fp32``, ``bf16`` or
+    ``auto``; ``coarse``: whether the coarse planes are wanted, else they are zeros).
 
     Returns:
         ``(window, bounds, planes [1, 8, h, w])``: the crop window, the frame pixels it covers and
@@ -268,8 +271,9 @@ def render_layer(model, view: AvatarView, k: Intrinsics, cancel: Optional[Callab
         return CANCELLED
     image = model.neural_renderer(splat.features, precision=precision)
     alpha = splat.alpha.float()
+    rgb = splat.features[:, :3].float()
     planes = torch.cat([srgb_to_linear(image.float()), alpha, splat.depth.float() * alpha * view.units,
-                        srgb_to_linear(splat.features[:, :3].float())], dim=1)
+                        srgb_to_linear(rgb) if coarse else torch.zeros_like(rgb)], dim=1)
     return window, bounds, _shrink(planes, window)
 
 
@@ -278,9 +282,10 @@ _spare: list = []
 _spare_lock = threading.Lock()
 
 
-def _frame_layers(width: int, height: int) -> Layers:
+def _frame_layers(width: int, height: int, coarse: bool) -> Layers:
     """:class:`Layers` for a frame whose arrays are top-down views of C-contiguous buffers whose rows
-    run bottom-up (Blender's order: ``layers.combined[::-1]`` is the buffer), contents undefined.
+    run bottom-up (Blender's order: ``layers.combined[::-1]`` is the buffer), contents undefined;
+    ``coarse`` None unless ``coarse``.
 
     The last set of buffers is reused for the next frame of the same size once nothing refers to
     it any more (no :class:`Layers` or view of its arrays is left; checked, and the new views made,
@@ -289,10 +294,12 @@ def _frame_layers(width: int, height: int) -> Layers:
     """
     with _spare_lock:
         # References to an unused buffer: the tuple in _spare, the loop variable, getrefcount's argument.
-        if not (_spare and _spare[0][2].shape == (height, width) and all(sys.getrefcount(b) <= 3 for b in _spare[0])):
-            _spare[:] = [(np.empty((height, width, 4), np.float32), np.empty((height, width, 3), np.float32),
+        if not (_spare and _spare[0][2].shape == (height, width) and (_spare[0][1] is not None) == coarse
+                and all(sys.getrefcount(b) <= 3 for b in _spare[0] if b is not None)):
+            _spare[:] = [(np.empty((height, width, 4), np.float32),
+                          np.empty((height, width, 3), np.float32) if coarse else None,
                           np.empty((height, width), np.float32))]
-        return Layers(*(b[::-1] for b in _spare[0]))
+        return Layers(*(None if b is None else b[::-1] for b in _spare[0]))
 
 
 def release_buffers() -> None:
@@ -301,9 +308,9 @@ def release_buffers() -> None:
         _spare.clear()
 
 
-def composite(layers: list, k: Intrinsics) -> Layers:
+def composite(layers: list, k: Intrinsics, coarse: bool = True) -> Layers:
     """Resample :func:`render_layer` outputs into the frame and composite them front to back, per
-    pixel by depth (premultiplied "over").
+    pixel by depth (premultiplied "over"); the Layers' ``coarse`` is None unless ``coarse``.
 
     CPU layers go straight into the frame through the compiled kernel
     (:func:`.splatting.cpu_backend.place`: resampling, depth ordering, compositing and the passes
@@ -321,11 +328,11 @@ def composite(layers: list, k: Intrinsics) -> Layers:
                 sh, sw = planes.shape[-2:]
                 placed.append((planes[0], *_taps(xa, xb, window.x0, window.w, sw),
                                *_taps(ya, yb, window.y0, window.h, sh), (xa, ya, xb, yb)))
-            out = _frame_layers(k.width, k.height)
+            out = _frame_layers(k.width, k.height, coarse)
             cpu_backend.place(lib, placed, _MIN_ALPHA, BACKGROUND_DEPTH,
-                              (out.combined[::-1], out.coarse[::-1], out.depth[::-1]))
+                              (out.combined[::-1], None if out.coarse is None else out.coarse[::-1], out.depth[::-1]))
             return out
-    out = Layers.empty(k.width, k.height)
+    out = Layers.empty(k.width, k.height, coarse)
     if not layers:
         return out
     layers = [(bounds, _resample(planes, window, bounds).cpu()) for window, bounds, planes in layers]
@@ -348,15 +355,18 @@ def composite(layers: list, k: Intrinsics) -> Layers:
         transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:1]), 1.0 - full[:-1, 3]]), dim=0)
         acc = (full * transmittance[:, None]).sum(0)
     out.combined[ya:yb, xa:xb] = acc[:4].permute(1, 2, 0).numpy()
-    out.coarse[ya:yb, xa:xb] = acc[5:8].permute(1, 2, 0).numpy()
+    if out.coarse is not None:
+        out.coarse[ya:yb, xa:xb] = acc[5:8].permute(1, 2, 0).numpy()
     out.depth[ya:yb, xa:xb] = torch.where(torch.isinf(depth[0]), BACKGROUND_DEPTH, depth[0]).numpy()
     return out
 
 
 def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Optional[Callable[[int, int], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None, precision: str = "fp32") -> Optional[Layers]:
+                 cancel: Optional[Callable[[], bool]] = None, precision: str = "fp32",
+                 coarse: bool = True) -> Optional[Layers]:
     """Render and composite every avatar; None when ``cancel()`` turned true (checked before each
-    avatar and between its splatting and its neural rendering)."""
+    avatar and between its splatting and its neural rendering). ``coarse=False`` leaves the coarse
+    pass out (``Layers.coarse`` None), which saves its decoding and a 12-byte-per-pixel pass."""
     import torch
     layers = []
     with torch.no_grad():
@@ -365,14 +375,14 @@ def render_frame(model, views: list[AvatarView], k: Intrinsics, progress: Option
                 return None
             if progress is not None:
                 progress(i, len(views))
-            layer = render_layer(model, view, k, cancel, precision)
+            layer = render_layer(model, view, k, cancel, precision, coarse)
             if layer is CANCELLED:
                 return None
             if layer is not None:
                 layers.append(layer)
     if progress is not None:
         progress(len(views), len(views))
-    return composite(layers, k)
+    return composite(layers, k, coarse)
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,21 @@ PASSES = (("Image", "RGBA"), ("Coarse", "RGBA"), ("Depth", "FLOAT"))
 OUTPUT_NODE = "GAGAvatar Passes"
 
 
-def node_tree(scene, create: bool = True):
-    """The scene's compositor node tree, created (Render Layers -> result) if there is none and ``create``."""
+def existing_tree(scene):
+    """The scene's compositor node tree, or None; changes nothing."""
     if hasattr(scene, "compositor_effects"):  # Blender 5.3+
         effect = scene.compositor_effects.active
-        tree = None if effect is None else effect.node_group
-    elif hasattr(scene, "compositing_node_group"):  # Blender 5.0-5.2
-        tree = scene.compositing_node_group
-    else:  # Blender 4.2-4.5
-        if scene.node_tree is None and not create:
+        return None if effect is None else effect.node_group
+    if hasattr(scene, "compositing_node_group"):  # Blender 5.0-5.2
+        return scene.compositing_node_group
+    return scene.node_tree  # Blender 4.2-4.5
+
+
+def node_tree(scene, create: bool = True):
+    """The scene's compositor node tree, created (Render Layers -> result) if there is none and ``create``."""
+    tree = existing_tree(scene)
+    if not hasattr(scene, "compositing_node_group"):  # Blender 4.2-4.5
+        if tree is None and not create:
             return None
         scene.use_nodes = True  # makes the default tree: Render Layers -> Composite
         return scene.node_tree
@@ -68,12 +74,41 @@ def render_layers_node(tree, scene, view_layer):
     return node
 
 
+def linked_layers(scene, socket: str) -> set[str]:
+    """Names of the view layers of ``scene`` whose Render Layers node in the scene's compositor has
+    its ``socket`` output linked."""
+    tree = existing_tree(scene)
+    if tree is None:
+        return set()
+    return {link.from_node.layer for link in tree.links
+            if link.from_node.bl_idname == "CompositorNodeRLayers" and link.from_socket.name == socket
+            and link.from_node.scene in (None, scene)}
+
+
+def enable_linked_coarse_passes() -> list:
+    """Turn the Coarse pass on for every view layer whose compositor uses its socket; the view layers
+    changed. Files from before the pass was optional (it was always rendered) keep their links
+    working: run when a file is opened (:mod:`.handlers`)."""
+    changed = []
+    for scene in bpy.data.scenes:
+        if scene.library is not None:   # linked from another file: read-only here
+            continue
+        for name in linked_layers(scene, "Coarse"):
+            view_layer = scene.view_layers.get(name)
+            if view_layer is not None and not view_layer.gagavatar.use_pass_coarse:
+                view_layer.gagavatar.use_pass_coarse = True
+                changed.append(view_layer)
+    return changed
+
+
 def add_pass_outputs(scene, view_layer, directory: str, prefix: str = "gagavatar_"):
     """Write Image (RGBA), Coarse and Depth to OpenEXR files per frame, ``<directory><prefix><pass><frame>.exr``.
 
-    Turns the Z pass on; replaces a File Output node made earlier by this function. Returns the node.
+    Turns the Z and Coarse passes on; replaces a File Output node made earlier by this function.
+    Returns the node.
     """
     view_layer.use_pass_z = True
+    view_layer.gagavatar.use_pass_coarse = True
     tree = node_tree(scene)
     layers = render_layers_node(tree, scene, view_layer)
     old = tree.nodes.get(OUTPUT_NODE)

@@ -5,7 +5,9 @@
   every depsgraph update that added meshes, the newer of two meshes with one id (the larger
   ``session_uid``, the order Blender created them in this session) gets a fresh id.
 * Opening a file drops the cached avatars (their ids belong to the previous file) and checks the
-  ids of the new file. The networks stay cached: they depend on the preferences only.
+  ids of the new file. The networks stay cached: they depend on the preferences only. Files saved
+  when the Coarse pass was always rendered get it back where their compositor links its socket
+  (:func:`.compositor.enable_linked_coarse_passes`).
 
 Both handlers run on the main thread (``persistent``: they survive file loads); they are removed
 at unregister.
@@ -15,7 +17,7 @@ import uuid
 import bpy
 from bpy.app.handlers import persistent
 
-from . import cache, gaussians
+from . import cache, compositor, gaussians
 
 _mesh_count = -1
 
@@ -45,6 +47,7 @@ def _on_load_post(*_args):
     global _mesh_count
     drop_avatars()
     fresh_duplicate_ids()
+    compositor.enable_linked_coarse_passes()
     _mesh_count = len(bpy.data.meshes)
 
 

@@ -4,7 +4,8 @@ Passes (Render Layers node sockets): ``Image``/``Alpha`` (Combined: the network'
 from sRGB to linear Rec.709, then converted to the file's working space (:mod:`.colour`),
 premultiplied, alpha = the splatting's accumulated opacity),
 ``Depth`` (when the view layer's Z pass is on; scene units, 1e10 where empty) and ``Coarse``
-(the splatted RGB before the neural renderer, sRGB-decoded). The network is loaded once per
+(when the view layer's ``gagavatar.use_pass_coarse`` is on: the splatted RGB before the neural
+renderer, sRGB-decoded; off by default, as each pass costs Blender four copies of it per frame). The network is loaded once per
 (checkpoint, device) and kept for later frames and renders (``gagavatar.free_memory`` drops it).
 
 In the viewport's Rendered mode the avatars are rendered by the network when the device is a GPU
@@ -80,13 +81,16 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
         self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", "COLOR")
         if renderlayer.use_pass_z:
             self.register_pass(scene, renderlayer, "Depth", 1, "Z", "VALUE")
-        self.register_pass(scene, renderlayer, COARSE_PASS, 3, "RGB", "COLOR")
+        if renderlayer.gagavatar.use_pass_coarse:
+            self.register_pass(scene, renderlayer, COARSE_PASS, 3, "RGB", "COLOR")
 
     def render(self, depsgraph):
         from ..engine.errors import GAGAvatarError
         scene, layer = depsgraph.scene, depsgraph.view_layer
         width, height = render_size(scene)
-        self.add_pass(COARSE_PASS, 3, "RGB", layer=layer.name)
+        coarse = layer.gagavatar.use_pass_coarse
+        if coarse:
+            self.add_pass(COARSE_PASS, 3, "RGB", layer=layer.name)
         camera = scene.camera
         if camera is None:
             message = "GAGAvatar: the scene has no active camera: add one (or set Scene > Camera)"
@@ -104,7 +108,8 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
             self.update_stats("", f"GAGAvatar: frame {scene.frame_current}, avatar {min(done + 1, total)}/{total}")
         try:
             intrinsics = scene_views.camera_intrinsics(depsgraph, camera, width, height)
-            layers = scene_render.render_scene(depsgraph, camera.matrix_world, intrinsics, progress, self.test_break)
+            layers = scene_render.render_scene(depsgraph, camera.matrix_world, intrinsics, progress, self.test_break,
+                                               coarse=coarse)
         except GAGAvatarError as err:
             self.report({"ERROR"}, str(err))
             self.error_set(str(err))
@@ -116,7 +121,8 @@ class GAGAVATAR_RE_engine(bpy.types.RenderEngine):
         _write_pass(passes["Combined"], layers.combined)
         if "Depth" in passes:
             _write_pass(passes["Depth"], layers.depth)
-        _write_pass(passes[COARSE_PASS], layers.coarse)
+        if coarse:
+            _write_pass(passes[COARSE_PASS], layers.coarse)
         self.end_result(result)
         self.update_progress(1.0)
 

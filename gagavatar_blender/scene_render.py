@@ -10,11 +10,13 @@ from ..engine import framing, host_memory
 from . import colour, networks, preferences, scene_views
 
 
-def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None, final: bool = True):
+def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None, final: bool = True,
+                 coarse: bool = False):
     """Render every visible avatar through a camera; the layers, or None if cancelled.
 
     ``final``: a final render (F12, animation, farm), where the *Auto* precision is fp32 (exact);
     the viewport passes False, where *Auto* is bf16 on hardware that computes it natively.
+    ``coarse``: make the Coarse pass too (else ``layers.coarse`` is None).
 
     Raises:
         GAGAvatarError: missing assets, an unavailable device, a broken avatar.
@@ -25,16 +27,17 @@ def render_scene(depsgraph, camera_world, intrinsics, progress=None, cancel=None
     device = networks.resolve_device(prefs.device)
     views = scene_views.avatar_views(depsgraph, camera_world, device)
     if not views:
-        return framing.Layers.empty(intrinsics.width, intrinsics.height)
+        return framing.Layers.empty(intrinsics.width, intrinsics.height, coarse)
     model_path, _ = networks.asset_paths(prefs)
     model = networks.load_model(model_path, device)
     from ..engine.splatting.fastpath import AUTO  # torch: imported when rendering, not at register
     precision = depsgraph.scene.gagavatar_render.precision.lower()
     if precision == AUTO and final:
         precision = "fp32"
-    layers = framing.render_frame(model, views, intrinsics, progress, cancel, precision)
+    layers = framing.render_frame(model, views, intrinsics, progress, cancel, precision, coarse)
     matrix, _ = colour.file_conversion()
     if layers is not None and matrix is not None:  # linear Rec.709 -> the file's working space
         layers.combined[..., :3] = colour.to_working_space(layers.combined[..., :3], matrix)
-        layers.coarse = colour.to_working_space(layers.coarse, matrix)
+        if layers.coarse is not None:
+            layers.coarse = colour.to_working_space(layers.coarse, matrix)
     return layers

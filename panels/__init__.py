@@ -81,6 +81,7 @@ class GAGAVATAR_PT_render(bpy.types.Panel):
         layout.prop(prefs, "viewport_mode")
         layout.prop(prefs, "frame_memory")
         layout.prop(context.view_layer, "use_pass_z", text="Depth Pass")
+        layout.prop(context.view_layer.gagavatar, "use_pass_coarse")
         if render_engine.colour_warning(context.scene):
             view = context.scene.view_settings
             col = layout.column()

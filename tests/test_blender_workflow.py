@@ -195,8 +195,10 @@ def _wide_camera(scene, source):
 def _compositor(scene, folder):
     """Render Layers -> File Output (EXR: Image, Coarse, Depth as ``pass_<name><frame>.exr``) and the
     render result (Blender 5.0+: a compositor node group and its Group Output; 4.2-4.5: ``scene.node_tree``
-    and a Composite node, File Output slots named by their file)."""
+    and a Composite node, File Output slots named by their file). Turns the Coarse pass on, as a
+    user does before linking its socket."""
     import bpy
+    bpy.context.view_layer.gagavatar.use_pass_coarse = True
     if bpy.app.version >= (5, 0):
         tree = bpy.data.node_groups.new("passes", "CompositorNodeTree")
         ext("gagavatar_blender.compositor").set_node_tree(scene, tree)
@@ -730,7 +732,7 @@ def test_two_avatars_are_composited_by_depth(avatar, photo):
             for obj in [root, *root.children_recursive]:
                 obj.hide_viewport = root in hidden
         depsgraph = bpy.context.evaluated_depsgraph_get()
-        return render_scene(depsgraph, camera.matrix_world, camera_intrinsics(depsgraph, camera, 128, 128))
+        return render_scene(depsgraph, camera.matrix_world, camera_intrinsics(depsgraph, camera, 128, 128), coarse=True)
     try:
         both, near, far = render(), render(second), render(avatar)
     finally:
@@ -772,6 +774,47 @@ def test_save_reload_render_gives_identical_pixels(avatar, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "avatar.blend"))
     assert bpy.data.objects["astronaut"].gagavatar.gaussians.data.attributes.get("gs_color_31") is not None
     assert np.array_equal(_render_still(tmp_path / "reloaded"), before)
+
+
+def test_the_coarse_pass_is_optional_and_files_that_link_it_keep_it(avatar, tmp_path, monkeypatch):
+    """Off by default (each pass costs Blender four copies of it per frame): no Coarse socket on the
+    Render Layers node, no Coarse pass rendered; on, both. A file whose compositor links the socket
+    with the pass off (as files saved before it was optional open) gets the pass back when opened."""
+    import bpy
+    scene, view_layer = bpy.context.scene, bpy.context.view_layer
+    render_engine = ext("gagavatar_blender.render_engine")
+    _compositor(scene, tmp_path / "passes")
+    layers_node = next(n for n in ext("gagavatar_blender.compositor").node_tree(scene).nodes
+                       if n.bl_idname == "CompositorNodeRLayers")
+    written = []
+    write = render_engine._write_pass
+    monkeypatch.setattr(render_engine, "_write_pass", lambda p, image: (written.append(p.name), write(p, image)))
+    scene.render.resolution_percentage = 25
+    try:
+        for on in (False, True):
+            view_layer.gagavatar.use_pass_coarse = on
+            coarse = layers_node.outputs.get("Coarse")
+            assert (coarse is not None and coarse.enabled) == on
+            written.clear()
+            bpy.ops.render.render()
+            assert sorted(written) == sorted(["Combined", "Depth"] + (["Coarse"] if on else []))
+        assert any(link.from_socket.name == "Coarse" for link in layers_node.outputs["Coarse"].links)
+        view_layer.gagavatar.use_pass_coarse = False
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "linked.blend"))
+        bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "linked.blend"))
+        scene, view_layer = bpy.context.scene, bpy.context.view_layer
+        assert view_layer.gagavatar.use_pass_coarse
+        layers_node = next(n for n in ext("gagavatar_blender.compositor").node_tree(scene).nodes
+                           if n.bl_idname == "CompositorNodeRLayers")
+        assert layers_node.outputs["Coarse"].enabled and layers_node.outputs["Coarse"].links
+        for link in list(layers_node.outputs["Coarse"].links):   # no link on this one: opening leaves it off
+            layers_node.id_data.links.remove(link)
+        view_layer.gagavatar.use_pass_coarse = False
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "unlinked.blend"))
+        bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "unlinked.blend"))
+        assert not bpy.context.view_layer.gagavatar.use_pass_coarse
+    finally:
+        bpy.context.scene.render.resolution_percentage = 100
 
 
 def test_bf16_precision_is_a_scene_setting_close_to_fp32(avatar, tmp_path):
@@ -829,7 +872,7 @@ def test_a_rec2020_working_space_gets_converted_pixels(avatar):
 
     def render():
         depsgraph = bpy.context.evaluated_depsgraph_get()
-        return render_scene(depsgraph, camera.matrix_world, camera_intrinsics(depsgraph, camera, 96, 96))
+        return render_scene(depsgraph, camera.matrix_world, camera_intrinsics(depsgraph, camera, 96, 96), coarse=True)
     rec709 = render()
     try:
         assert bpy.ops.wm.set_working_color_space(working_space="Linear Rec.2020", convert_colors=False) == {"FINISHED"}

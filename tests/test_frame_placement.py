@@ -205,3 +205,19 @@ def test_without_the_kernel_the_frame_is_composited_in_torch():
     assert got.combined.flags.c_contiguous   # Layers.empty: top-down arrays of their own
     assert got.combined[..., 3].max() > 0.5 and got.depth.min() < 3.5
     assert cpu_backend.library() is not None
+
+
+def test_without_the_coarse_pass_the_other_passes_are_the_same():
+    """``coarse=False`` (Blender's Coarse pass off) leaves the pass out and changes nothing else, with
+    one avatar or several, in the kernel and in torch."""
+    k = fr.Intrinsics(1.0, 1.0, 0.0, 0.0, 640, 480)
+    several = [_layer(window, k, _planes(seed, near)) for seed, (window, near) in enumerate(SEVERAL, 5)]
+    for layers in (several[:1], several):
+        for kernel in (True, False):
+            with contextlib.nullcontext() if kernel else _kernel_off():
+                full = fr.composite(layers, k)
+                full = fr.Layers(full.combined.copy(), full.coarse.copy(), full.depth.copy())
+                bare = fr.composite(layers, k, coarse=False)
+            assert bare.coarse is None
+            assert np.array_equal(bare.combined, full.combined) and np.array_equal(bare.depth, full.depth)
+            assert full.coarse.max() > 0.1

@@ -360,7 +360,8 @@ def place(lib: ctypes.CDLL, layers: list[tuple], min_alpha: float, background_de
         min_alpha: alpha up to which a pixel of a layer has no depth (it sorts last).
         background_depth: the depth pass where no layer has a depth.
         out: ``(combined [H, W, 4], coarse [H, W, 3], depth [H, W])`` C-contiguous float32 arrays
-            the passes are written into (every pixel), rows bottom-up.
+            the passes are written into (every pixel), rows bottom-up; ``coarse`` may be None (not
+            written).
     """
     planes, cols, colws, rows, rowws, boxes = zip(*layers)
     planes = [p.float().permute(1, 2, 0).contiguous() for p in planes]   # [sh, sw, 8]: a pixel's planes together
@@ -376,8 +377,8 @@ def place(lib: ctypes.CDLL, layers: list[tuple], min_alpha: float, background_de
     assert len(col) == (box[:, 2] - box[:, 0]).sum() and len(row) == (box[:, 3] - box[:, 1]).sum()
     assert all(-1 <= c.min() and c.max() < w and -1 <= r.min() and r.max() < h
                for c, r, (h, w) in zip(cols, rows, shape))
-    assert combined.shape == (height, width, 4) and coarse.shape == (height, width, 3) \
-        and all(a.dtype == np.float32 and a.flags.c_contiguous for a in out)
+    assert combined.shape == (height, width, 4) and (coarse is None or coarse.shape == (height, width, 3)) \
+        and all(a.dtype == np.float32 and a.flags.c_contiguous for a in out if a is not None)
     workers = _threads()[1]
     split = [height * w // workers for w in range(workers + 1)]
     if any(_parallel(lib.gag_composite_rows, [(len(planes), addresses, shape, box, col, colw, row, roww, width, height,

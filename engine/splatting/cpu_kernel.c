@@ -417,7 +417,7 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
  * min_alpha, else infinite (ties keep the layers' order) and composited "over": the planes times
  * the transmittance left, which each layer's alpha multiplies by 1 - alpha. Writes frame rows
  * y_begin .. y_end - 1 (top-down numbering) of the passes, whose rows run bottom-up (Blender's
- * order; the frame is height rows of width pixels): combined [.., 4] RGBA, coarse [.., 3], depth
+ * order; the frame is height rows of width pixels): combined [.., 4] RGBA, coarse [.., 3] (NULL: not written), depth
  * [..] = the nearest layer's depth, background_depth where it is infinite or no layer covers the
  * pixel (the passes are 0 there). One layer's planes are copied through unchanged (times 1).
  * Returns 0, or -1 when it cannot allocate its row buffers.
@@ -447,7 +447,7 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
     }
     for (int32_t y = y_begin; y < y_end; y++) {
         const int64_t out = (int64_t)(height - 1 - y) * width;   /* bottom-up */
-        float *cmb = combined + 4 * out, *crs = coarse + 3 * out, *dep = depth + out;
+        float *cmb = combined + 4 * out, *crs = coarse ? coarse + 3 * out : NULL, *dep = depth + out;
         int32_t x0 = width, x1 = 0, m = 0;   /* the columns the m layers on this row cover */
         for (int32_t l = 0, rows_before = 0; l < n; rows_before += box[4 * l + 3] - box[4 * l + 1], l++) {
             const int32_t *b = box + 4 * l, sh = shape[2 * l], sw = shape[2 * l + 1];
@@ -469,7 +469,7 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
         }
         if (x1 <= x0) x0 = x1 = width;   /* none */
         memset(cmb, 0, 4 * sizeof(float) * (size_t)x0);
-        memset(crs, 0, 3 * sizeof(float) * (size_t)x0);
+        if (crs) memset(crs, 0, 3 * sizeof(float) * (size_t)x0);
         for (int32_t x = 0; x < x0; x++) dep[x] = background_depth;
         if (m == 1) {   /* one layer on the row: its samples as they are (what the loop below gives for k = 1) */
             const int32_t *lc = col + col_at[on[0]];
@@ -480,7 +480,7 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
                 const v8f v = (1.0f - fx) * line[lc[x - x0]] + fx * line[lc[x - x0] + 1];
                 const float d = v[3] > min_alpha ? v[4] / v[3] : INFINITY;
                 memcpy(cmb + 4 * x, &v, 4 * sizeof(float));
-                crs[3 * x] = v[5]; crs[3 * x + 1] = v[6]; crs[3 * x + 2] = v[7];
+                if (crs) { crs[3 * x] = v[5]; crs[3 * x + 1] = v[6]; crs[3 * x + 2] = v[7]; }
                 dep[x] = d < INFINITY ? d : background_depth;
             }
         } else for (int32_t x = x0; x < x1; x++) {
@@ -508,11 +508,11 @@ EXPORT int32_t gag_composite_rows(int32_t n, const int64_t *planes, const int32_
                 t *= 1.0f - sample[i][3];
             }
             memcpy(cmb + 4 * x, &acc, 4 * sizeof(float));
-            crs[3 * x] = acc[5]; crs[3 * x + 1] = acc[6]; crs[3 * x + 2] = acc[7];
+            if (crs) { crs[3 * x] = acc[5]; crs[3 * x + 1] = acc[6]; crs[3 * x + 2] = acc[7]; }
             dep[x] = k && dist[0] < INFINITY ? dist[0] : background_depth;
         }
         memset(cmb + 4 * x1, 0, 4 * sizeof(float) * (size_t)(width - x1));
-        memset(crs + 3 * x1, 0, 3 * sizeof(float) * (size_t)(width - x1));
+        if (crs) memset(crs + 3 * x1, 0, 3 * sizeof(float) * (size_t)(width - x1));
         for (int32_t x = x1; x < width; x++) dep[x] = background_depth;
     }
     free(block);
