@@ -33,7 +33,7 @@ def existing_tree(scene):
 def node_tree(scene, create: bool = True):
     """The scene's compositor node tree, created (Render Layers -> result) if there is none and ``create``."""
     tree = existing_tree(scene)
-    if not hasattr(scene, "compositing_node_group"):  # Blender 4.2-4.5
+    if not (hasattr(scene, "compositor_effects") or hasattr(scene, "compositing_node_group")):  # Blender 4.2-4.5
         if tree is None and not create:
             return None
         scene.use_nodes = True  # makes the default tree: Render Layers -> Composite
