@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=_positive(int), default=1, help="frames per forward pass")
     d.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                    help="neural renderer precision: fp32 (exact, the default), bf16 (>= 45 dB from fp32; faster "
-                        "on GPUs since Ampere and on CPUs with AMX or AVX-512 BF16), auto (bf16 where faster)")
+                        "on GPUs since Ampere and on CPUs with AMX), auto (bf16 where faster)")
     d.add_argument("--overwrite", action="store_true", help="replace the frames of an earlier render in the folder")
     d.add_argument("--no-audio", action="store_true",
                    help="leave out the sound of the video the driving sequence was tracked from")

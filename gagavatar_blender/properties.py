@@ -37,7 +37,7 @@ class GAGAVATAR_PG_render(bpy.types.PropertyGroup):
     precision: bpy.props.EnumProperty(
         name="Precision", default="AUTO",
         items=(("AUTO", "Auto", "Final renders in fp32 (exact); the viewport in bf16 where the hardware computes it "
-                                "natively (GPUs since Ampere, CPUs with AMX or AVX-512 BF16), else fp32"),
+                                "natively (GPUs since Ampere, CPUs with AMX), else fp32"),
                ("FP32", "Full (fp32)", "The official computation, also in the viewport"),
                ("BF16", "Fast (bf16)", "Neural renderer convolutions in bfloat16 (modulation in fp32), final renders "
                                        "too: about 2x faster on recent GPUs and AMX CPUs, within ~50 dB of fp32")),

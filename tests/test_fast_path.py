@@ -193,6 +193,9 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(model, monkeypatc
     assert fastpath.resolve_precision("auto", torch.device("cpu")) == "bf16"
     monkeypatch.setattr(fastpath, "_cpu_flags", lambda: {"avx2", "avx512f"})
     assert fastpath.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    # AVX-512 BF16 without AMX: oneDNN's bf16 convolutions are slower than the fp32 Winograd layers.
+    monkeypatch.setattr(fastpath, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert fastpath.resolve_precision("auto", torch.device("cpu")) == "fp32"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert fastpath.resolve_precision("auto", torch.device("cuda")) == "fp32"      # Turing: bf16 is emulated
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
