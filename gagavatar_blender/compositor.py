@@ -20,20 +20,26 @@ PASSES = (("Image", "RGBA"), ("Coarse", "RGBA"), ("Depth", "FLOAT"))
 OUTPUT_NODE = "GAGAvatar Passes"
 
 
+def _scene_node_tree(scene) -> bool:
+    """Blender 4.2-4.5: the tree is ``scene.node_tree`` (5.3's deprecated ``compositing_node_group``
+    is not read to tell)."""
+    return not (hasattr(scene, "compositor_effects") or hasattr(scene, "compositing_node_group"))
+
+
 def existing_tree(scene):
     """The scene's compositor node tree, or None; changes nothing."""
+    if _scene_node_tree(scene):
+        return scene.node_tree
     if hasattr(scene, "compositor_effects"):  # Blender 5.3+
         effect = scene.compositor_effects.active
         return None if effect is None else effect.node_group
-    if hasattr(scene, "compositing_node_group"):  # Blender 5.0-5.2
-        return scene.compositing_node_group
-    return scene.node_tree  # Blender 4.2-4.5
+    return scene.compositing_node_group  # Blender 5.0-5.2
 
 
 def node_tree(scene, create: bool = True):
     """The scene's compositor node tree, created (Render Layers -> result) if there is none and ``create``."""
     tree = existing_tree(scene)
-    if not (hasattr(scene, "compositor_effects") or hasattr(scene, "compositing_node_group")):  # Blender 4.2-4.5
+    if _scene_node_tree(scene):
         if tree is None and not create:
             return None
         scene.use_nodes = True  # makes the default tree: Render Layers -> Composite
@@ -85,11 +91,10 @@ def linked_layers(scene, socket: str) -> set[str]:
             and link.from_node.scene in (None, scene)}
 
 
-def enable_linked_coarse_passes() -> list:
-    """Turn the Coarse pass on for every view layer whose compositor uses its socket; the view layers
-    changed. Files from before the pass was optional (it was always rendered) keep their links
-    working: run when a file is opened (:mod:`.handlers`)."""
-    changed = []
+def enable_linked_coarse_passes() -> None:
+    """Turn the Coarse pass on for every view layer whose compositor uses its socket, so that files
+    from before the pass was optional (it was always rendered) keep their links working: run when a
+    file is opened (:mod:`.handlers`)."""
     for scene in bpy.data.scenes:
         if scene.library is not None:   # linked from another file: read-only here
             continue
@@ -97,8 +102,6 @@ def enable_linked_coarse_passes() -> list:
             view_layer = scene.view_layers.get(name)
             if view_layer is not None and not view_layer.gagavatar.use_pass_coarse:
                 view_layer.gagavatar.use_pass_coarse = True
-                changed.append(view_layer)
-    return changed
 
 
 def add_pass_outputs(scene, view_layer, directory: str, prefix: str = "gagavatar_"):

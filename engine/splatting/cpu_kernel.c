@@ -408,8 +408,9 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
  * Layer l (of n) is planes[l] [sh, sw, 8] (shape[l] = {sh, sw}; a pixel's 8 planes together):
  * linear premultiplied RGB, alpha, depth x alpha, coarse RGB, the crop the network rendered (shrunk
  * beforehand when the frame shows it smaller). It covers the frame pixels box[l] = {xa, ya, xb,
- * yb}. Bilinear, as grid_sample with align_corners=False and zero padding: its box column x (frame column xa + x) samples source
- * column col[x] + colw[x] (col[x] in -1 .. sw - 1, taps outside the crop are 0), its box row y
+ * yb}. Bilinear, as grid_sample with align_corners=False and zero padding: its box column x (frame
+ * column xa + x) samples source column col[x] + colw[x] (col[x] in -1 .. sw - 1, taps outside the
+ * crop are 0), its box row y
  * likewise (row, roww); the layers' col and colw follow one another (xb - xa entries each), as do
  * their row and roww (yb - ya each).
  *
@@ -417,8 +418,8 @@ EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t heig
  * min_alpha, else infinite (ties keep the layers' order) and composited "over": the planes times
  * the transmittance left, which each layer's alpha multiplies by 1 - alpha. Writes frame rows
  * y_begin .. y_end - 1 (top-down numbering) of the passes, whose rows run bottom-up (Blender's
- * order; the frame is height rows of width pixels): combined [.., 4] RGBA, coarse [.., 3] (NULL: not written), depth
- * [..] = the nearest layer's depth, background_depth where it is infinite or no layer covers the
+ * order; the frame is height rows of width pixels): combined [.., 4] RGBA, coarse [.., 3] (when
+ * not NULL), depth [..] = the nearest layer's depth, background_depth where it is infinite or no layer covers the
  * pixel (the passes are 0 there). One layer's planes are copied through unchanged (times 1).
  * Returns 0, or -1 when it cannot allocate its row buffers.
  */
