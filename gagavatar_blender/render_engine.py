@@ -5,8 +5,9 @@ from sRGB to linear Rec.709, then converted to the file's working space (:mod:`.
 premultiplied, alpha = the splatting's accumulated opacity),
 ``Depth`` (when the view layer's Z pass is on; scene units, 1e10 where empty) and ``Coarse``
 (when the view layer's ``gagavatar.use_pass_coarse`` is on: the splatted RGB before the neural
-renderer, sRGB-decoded; off by default, as each pass costs Blender four copies of it per frame). The network is loaded once per
-(checkpoint, device) and kept for later frames and renders (``gagavatar.free_memory`` drops it).
+renderer, sRGB-decoded; off by default, as each pass costs Blender four sweeps of its memory per
+frame). The network is loaded once per (checkpoint, device) and kept for later frames and
+renders (``gagavatar.free_memory`` drops it).
 
 In the viewport's Rendered mode the avatars are rendered by the network when the device is a GPU
 (or the preferences ask for it) and drawn as coloured points otherwise (:mod:`.viewport`);
