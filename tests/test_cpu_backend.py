@@ -131,6 +131,26 @@ def test_alpha_is_the_kernel_expression_with_exp_within_an_ulp(lib, seed):
     assert (got[alpha < (1 - 1e-5) / 255] == 0).all()
 
 
+@pytest.mark.skipif(cpu_backend.openmp() is None, reason="torch has no OpenMP team here")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_torchs_team_and_our_threads_render_alike(lib, monkeypatch, threads):
+    """The kernels on torch's OpenMP team (its ranges taken by whichever thread, tiles in turn) and
+    on threads of our own (where torch has no OpenMP, and in forked children) give the same bits."""
+    g = _scene(n=4000)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        team = render_gaussians(g, CAMERA, focal=5.0, size=(96, 80), backend="cpu")
+        monkeypatch.setattr(cpu_backend, "_openmp", None)
+        ours = render_gaussians(g, CAMERA, focal=5.0, size=(96, 80), backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert team.alpha.min() == 0.0 and team.alpha.max() > 0.99   # empty pixels, and pixels that stopped
+    for a, b in ((team.features, ours.features), (team.alpha, ours.alpha), (team.depth, ours.depth),
+                 (team.radii, ours.radii)):
+        assert torch.equal(a, b)
+
+
 def test_same_result_on_any_number_of_threads(lib):
     g = _scene()
     before = torch.get_num_threads()
@@ -334,6 +354,43 @@ def test_every_vector_width_gives_the_same_bits(lib, tmp_path, fma_flags):
             assert torch.equal(a, b)
 
 
+def test_weights_summed_in_parts_give_the_same_bits(lib, tmp_path, fma_flags):
+    """A tile row keeps its weights (alpha T per Gaussian) until their colour sums are taken, and
+    takes them early when KEPT are waiting: a build that keeps 3 composites bit for bit as the CPU's
+    own, on faint Gaussians (hundreds of contributions a pixel) and on the usual scene."""
+    cc = [*cpu_backend._compiler(), *fma_flags]
+    path = tmp_path / "kept3.so"
+    subprocess.run([*cc, *cpu_backend.FLAGS, *cpu_backend.NATIVE_FLAGS, "-DKEPT=3", "-o", str(path),
+                    str(cpu_backend.SOURCE), "-lm"], check=True, capture_output=True)
+    build = cpu_backend.load(path)
+    faint = _scene(n=2000, channels=35)
+    faint["opacities"] = faint["opacities"] * 0.02 + 0.005
+    for g in (faint, _scene(n=2000, channels=35)):
+        outs = [torch_backend.rasterize(*_camera_args(g), composite=lambda pre, c, o, h, w, b=b:
+                                        cpu_backend.composite_camera(b, pre, c, o, h, w)) for b in (build, lib)]
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
+    assert 0.5 < outs[0][1].max()
+
+
+def test_rows_passed_over_hold_nothing_that_adds(lib, tmp_path, fma_flags):
+    """Row segments where no pixel can reach alpha >= 1/255 (row_hits) are passed over: a build that
+    evaluates every one composites bit for bit alike, thin tilted Gaussians (strongly correlated
+    conics) included."""
+    cc = [*cpu_backend._compiler(), *fma_flags]
+    path = tmp_path / "every_row.so"
+    subprocess.run([*cc, *cpu_backend.FLAGS, *cpu_backend.NATIVE_FLAGS, "-DROW_TESTS=0", "-o", str(path),
+                    str(cpu_backend.SOURCE), "-lm"], check=True, capture_output=True)
+    build = cpu_backend.load(path)
+    thin = _scene(n=3000, seed=1)
+    thin["scales"][..., 0] *= 0.02
+    for g in (thin, _scene(n=3000, seed=2)):
+        outs = [torch_backend.rasterize(*_camera_args(g, size=(64, 96)), composite=lambda pre, c, o, h, w, b=b:
+                                        cpu_backend.composite_camera(b, pre, c, o, h, w)) for b in (build, lib)]
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
+
+
 def _camera_args(g, size=(40, 72), focal=5.0):
     """``torch_backend.rasterize``'s positional arguments for ``g`` seen by ``CAMERA``."""
     V, P, _ = build_camera_matrices(CAMERA, focal)
@@ -343,22 +400,25 @@ def _camera_args(g, size=(40, 72), focal=5.0):
 
 
 def test_renders_in_a_forked_child(lib):
-    """A forked child (a data loader's worker) gets threads of its own: the parent's do not exist
-    there. In a fresh process: torch's own thread pool does not survive a fork after
-    ``torch.set_num_threads`` (which other tests call)."""
+    """A forked child (a data loader's worker) gets threads of its own: the parent's, torch's
+    OpenMP team included, do not exist there. In a fresh process: torch's own thread pool does not
+    survive a fork after ``torch.set_num_threads`` (which other tests call). The child sends numpy
+    arrays back: torch would copy its tensors into shared memory with a parallel region of the
+    parent's OpenMP team, which waits for ever in a child (libgomp's, whoever ran the parent's)."""
     code = """if True:
         import multiprocessing, sys, torch
+        from gagavatar.engine.splatting import cpu_backend
         from gagavatar.engine.splatting.rasterize import render_gaussians
         sys.path.insert(0, sys.argv[1])
         from test_cpu_backend import CAMERA, _scene
         def features(g):
-            return render_gaussians(g, CAMERA, size=(32, 32), backend="cpu").features
+            return render_gaussians(g, CAMERA, size=(32, 32), backend="cpu").features.numpy(), cpu_backend.openmp()
         if __name__ == "__main__":
             g = _scene(n=500)
-            parent = features(g)   # the parent's pool exists now
+            parent, team = features(g)   # the parent's threads exist now, the team's if torch has OpenMP
             with multiprocessing.get_context("fork").Pool(1) as pool:
-                child = pool.apply_async(features, (g,)).get(timeout=60)
-            assert torch.equal(child, parent)
+                child, child_team = pool.apply_async(features, (g,)).get(timeout=60)
+            assert (child == parent).all() and child_team is None, (team, child_team)
     """
     run = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
                          timeout=300)

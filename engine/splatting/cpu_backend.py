@@ -6,15 +6,20 @@ compositing is the official kernel's per-pixel loop in its own float32 arithmeti
 contraction: ``d = mean - pixel``, ``power = -0.5 (a dx dx + c dy dy) - b dx dy``, the same
 thresholds and early stop, ``sum(f alpha T)`` in list (depth) order and the transmittance the
 kernel keeps. It evaluates 4-16 pixels of a tile row per vector instruction, with ``exp`` as a
-polynomial within about 1 ulp of ``expf`` (its multiply-adds FMA where the CPU has it: builds
-with FMA, any vector width, give the same bits; a build without differs in the last bit of some
-alphas). Against the torch backend (whose ``power`` is the
-float64 value rounded once) it differs by float rounding: mean abs 2e-7 on a 180k-Gaussian
-avatar, with rare threshold flips (``alpha ~ 1/255``, ``T ~ 1e-4``) of up to a few 1e-3 at a
-pixel, as between the official kernel and the torch port; it passes the conformance kit's
-statistical criteria. It has no backward: :func:`.rasterize.render_gaussians` picks it (``auto``)
-for CPU tensors when no gradient is needed. Tiles are split between ``torch.get_num_threads()``
-threads (ctypes releases the GIL during each call).
+polynomial within about 1 ulp of ``expf``; the polynomial's multiply-adds and the sums'
+``f * (alpha T) + sum`` are FMA where the CPU has it (builds with FMA, any vector width, give the
+same bits; a build without differs in the last bit here and there). Against the torch backend
+(whose ``power`` is the float64 value rounded once) it differs by float rounding: mean abs 1e-7
+on a 180k-Gaussian avatar, with rare threshold flips (``alpha ~ 1/255``, ``T ~ 1e-4``) of up to a
+few 1e-3 at a pixel, as between the official kernel and the torch port; it passes the conformance
+kit's statistical criteria. It has no backward: :func:`.rasterize.render_gaussians` picks it
+(``auto``) for CPU tensors when no gradient is needed.
+
+The kernels run on torch's own OpenMP threads (:func:`openmp`, ``torch.get_num_threads()`` of
+them): torch's threads spin a while after each of its parallel regions, and would share the cores
+with threads of our own (the splatting took 7-12% longer on threads of this module, measured). Where
+torch has no OpenMP, and in forked children, they run on threads of this module (ctypes releases
+the GIL during each call).
 
 The same library holds ``gag_composite_rows``, which :func:`place` calls for :mod:`..framing`:
 avatars' crops resampled into a frame's render passes and composited by depth, rows bottom-up as
@@ -76,9 +81,14 @@ _p = ctypes.c_void_p
 _i32, _i64, _f32 = ctypes.c_int32, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "gag_preprocess": (None, [_i32, _i32, _p, _p, _p, _p, ctypes.c_double, ctypes.c_double, _i32, _i32, *[_p] * 7]),
-    "gag_bin_count": (_i64, [_i32, _i32, _p, _p, _p, _p, _p, _p, _i32, _i32, _p, _p]),
+    "gag_bin_count": (_i64, [_i32, _i32, _p, _p, _p, _p, _p, _p, _i32, _i32, _p, _p, _p]),
     "gag_bin_fill": (None, [_i32, _i32, _p, _p, _i32, _p, _p]),
-    "gag_render_tiles": (None, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
+    "gag_render_tiles": (_i32, [_i32, _i32, _i32, _i32, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i32, _p, _p]),
+    "gag_preprocess_team": (None, [*[_p] * 3, _i32, _i32, *[_p] * 4, ctypes.c_double, ctypes.c_double, _i32, _i32,
+                                   *[_p] * 7]),
+    "gag_bin_count_team": (_i64, [*[_p] * 3, *[_i32] * 4, *[_p] * 6, _i32, _i32, _p, _p, _p]),
+    "gag_bin_fill_team": (None, [*[_p] * 3, *[_i32] * 4, _p, _p, _i32, _p, _p]),
+    "gag_render_tiles_team": (_i32, [*[_p] * 3, *[_i32] * 5, *[_p] * 9, _i32, _p, _p]),
     "gag_composite_rows": (_i32, [_i32, _p, _p, _p, _p, _p, _p, _p, *[_i32] * 4, _f32, _f32, _p, _p, _p]),
     "gag_wino_conv": (_i32, [*[_i32] * 5, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
     "gag_wino_conv_team": (_i32, [_p, _p, _p, *[_i32] * 6, *[_p] * 6, _f32, _f32, _i32, _i32, _p]),
@@ -212,7 +222,9 @@ def reset() -> None:
 def openmp() -> tuple[int, int, int] | None:
     """Addresses of ``GOMP_parallel``, ``omp_get_thread_num`` and ``omp_get_num_threads`` in the
     OpenMP runtime torch runs its CPU threads with, for kernels that run on torch's own threads
-    (``gag_wino_conv_team``); ``None`` where torch has no OpenMP or its runtime is not found.
+    (the ``gag_*_team`` functions); ``None`` where torch has no OpenMP or its runtime is not found,
+    and in a process forked from one that had imported this module (a data loader's worker): the
+    parent's team has no threads there, and a parallel region would wait for them for ever.
 
     The runtime is the one loaded from torch's folder (Linux: among the process's mapped files;
     elsewhere: ``torch/lib``), else any loaded ``libgomp`` / ``libomp`` / ``libiomp5``; LLVM's and
@@ -221,6 +233,15 @@ def openmp() -> tuple[int, int, int] | None:
     if _openmp is False:
         _openmp = _find_openmp()
     return _openmp
+
+
+def _no_team_after_fork() -> None:
+    global _openmp
+    _openmp = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_no_team_after_fork)
 
 
 def _find_openmp() -> tuple[int, int, int] | None:
@@ -297,10 +318,15 @@ def preprocess_camera(lib: ctypes.CDLL, means: Tensor, covars: Tensor, viewmatri
     out = {"means2D": torch.empty(n, 2), "depth": torch.empty(n), "conic": torch.empty(n, 3), "cov2D": torch.empty(n, 3),
            "radii": torch.empty(n, dtype=torch.int32), "rect": torch.empty(n, 4, dtype=torch.int32),
            "valid": torch.empty(n, dtype=torch.uint8)}
-    workers = _threads()[1]
-    bounds = [n * w // workers for w in range(workers + 1)]
-    _parallel(lib.gag_preprocess, [(bounds[w], bounds[w + 1], means, covars, V, P, float(tanfovx), float(tanfovy), width,
-                                    height, *out.values()) for w in range(workers) if bounds[w] < bounds[w + 1]])
+    workers = max(1, torch.get_num_threads())
+    if team := openmp():
+        lib.gag_preprocess_team(*team, workers, n, *map(_address, (means, covars, V, P)), float(tanfovx),
+                                float(tanfovy), width, height, *map(_address, out.values()))
+    else:
+        bounds = [n * w // workers for w in range(workers + 1)]
+        _parallel(lib.gag_preprocess, [(bounds[w], bounds[w + 1], means, covars, V, P, float(tanfovx), float(tanfovy),
+                                        width, height, *out.values())
+                                       for w in range(workers) if bounds[w] < bounds[w + 1]])
     out["valid"] = out["valid"].view(torch.bool)
     out["rect_min"], out["rect_max"] = out["rect"][:, :2], out["rect"][:, 2:]
     return out
@@ -326,22 +352,40 @@ def composite_camera(lib: ctypes.CDLL, pre: dict[str, Tensor], colors: Tensor, o
     opac, colors = opacity.float().contiguous(), colors.float().contiguous()
     n, k = idx.numel(), colors.shape[1] + 1
     tiles = -(-width // torch_backend.BLOCK) * -(-height // torch_backend.BLOCK)
-    workers = _threads()[1]
-    bounds = [n * w // workers for w in range(workers + 1)]   # Gaussians binned in depth-ordered ranges
-    box = torch.empty(xy.shape[0], 4, dtype=torch.int32)   # written for the Gaussians in idx
+    workers = max(1, torch.get_num_threads())   # Gaussians binned in depth-ordered ranges
+    box = torch.empty(xy.shape[0], 4, dtype=torch.int32)   # written for the Gaussians in idx, as lim
+    lim = torch.empty(xy.shape[0], dtype=torch.float64)
     counts = torch.zeros(workers, tiles, dtype=torch.int64)
-    totals = _parallel(lib.gag_bin_count, [(bounds[w], bounds[w + 1], idx, xy, conic, cov, opac, rect, width, height, box,
-                                            counts[w]) for w in range(workers)])
+    team = openmp()
+    bounds = [n * w // workers for w in range(workers + 1)]   # as the team's ranges
+    if team:
+        total = lib.gag_bin_count_team(*team, workers, workers, n, tiles,
+                                       *map(_address, (idx, xy, conic, cov, opac, rect)), width, height,
+                                       box.data_ptr(), lim.data_ptr(), counts.data_ptr())
+    else:
+        total = sum(_parallel(lib.gag_bin_count, [(bounds[w], bounds[w + 1], idx, xy, conic, cov, opac, rect, width,
+                                                   height, box, lim, counts[w]) for w in range(workers)]))
     starts = torch.zeros(tiles + 1, dtype=torch.int64)
     torch.cumsum(counts.sum(0), 0, out=starts[1:])
     cursor = (starts[:-1] + counts.cumsum(0) - counts).contiguous()   # [workers, tiles]: each range's place
-    lists = torch.empty(sum(totals), dtype=torch.int32)
-    _parallel(lib.gag_bin_fill, [(bounds[w], bounds[w + 1], idx, box, width, cursor[w], lists) for w in range(workers)])
+    lists = torch.empty(total, dtype=torch.int32)
+    if team:
+        lib.gag_bin_fill_team(*team, workers, workers, n, tiles, idx.data_ptr(), box.data_ptr(), width,
+                              cursor.data_ptr(), lists.data_ptr())
+    else:
+        _parallel(lib.gag_bin_fill, [(bounds[w], bounds[w + 1], idx, box, width, cursor[w], lists)
+                                     for w in range(workers)])
     out = torch.empty(k, height, width)
     final_t = torch.empty(height, width)
     step = max(1, tiles // (8 * workers))   # small ranges, taken in turn: tiles differ in cost
-    _parallel(lib.gag_render_tiles, [(t0, min(t0 + step, tiles), width, height, xy, conic, opac, box, starts, lists,
-                                      colors, depth, k - 1, out, final_t) for t0 in range(0, tiles, step)])
+    tile_args = (width, height, xy, conic, opac, box, lim, starts, lists, colors, depth, k - 1, out, final_t)
+    if team:
+        failed = lib.gag_render_tiles_team(*team, workers, tiles, step, *map(_address, tile_args))
+    else:
+        failed = any(_parallel(lib.gag_render_tiles, [(t0, min(t0 + step, tiles), *tile_args)
+                                                      for t0 in range(0, tiles, step)]))
+    if failed:
+        raise MemoryError("out of memory splatting: no room for the tiles' weights")
     return out, final_t
 
 

@@ -1,13 +1,13 @@
 /* The official 32-channel 3DGS forward's tile binning and per-pixel compositing, for the CPU.
  *
  * Built on first use by cpu_backend.py with the system's C compiler (C99 with the GCC/Clang vector
- * extensions; no Python or torch headers) and called through ctypes, which releases the GIL, so
- * cpu_backend.py runs disjoint Gaussian and tile ranges on several threads. Inputs are the
- * preprocessed Gaussians of one camera, read through their compositing order (view depth, ties by
- * index). Per
+ * extensions; no Python or torch headers) and called through ctypes, which releases the GIL.
+ * Disjoint Gaussian and tile ranges run on torch's OpenMP team (the *_team functions, given its
+ * runtime's entry points), else on threads of cpu_backend.py. Inputs are the preprocessed
+ * Gaussians of one camera, read through their compositing order (view depth, ties by index). Per
  * (Gaussian, pixel) the arithmetic is the official kernel's float32 code, operation by operation
- * (built without FMA contraction or fast-math), with exp as a polynomial within about 1 ulp (whose
- * multiply-adds, and only those, are FMA where the CPU has it: fmadd).
+ * (built without FMA contraction or fast-math), with exp as a polynomial within about 1 ulp; its
+ * multiply-adds and the sums of f alpha T, and only those, are FMA where the CPU has it (fmadd).
  *
  * The same library holds the frame compositing of engine/framing.py (gag_composite_rows) and the
  * Winograd convolutions of engine/networks/cpu_layers.py (gag_wino_conv).
@@ -138,11 +138,13 @@ EXPORT void gag_preprocess(int32_t i0, int32_t i1, const float *means, const flo
  * rect for risky conics), empty when x1 < x0, and adds each Gaussian to the counts
  * [tiles_y * tiles_x] of the tiles its box touches. The ellipse is widened as the torch
  * backend's float32 mode widens it (MARGIN_*, F32_*), against the float32 rounding of power,
- * which grows as 1 / (1 - rho^2) for correlated conics. Returns the number of (Gaussian, tile) pairs.
+ * which grows as 1 / (1 - rho^2) for correlated conics: lim [n] receives its bound on d^T conic d
+ * (infinite for risky conics), which gag_render_tiles tests rows against. Returns the number of
+ * (Gaussian, tile) pairs.
  */
 EXPORT int64_t gag_bin_count(int32_t i0, int32_t i1, const int64_t *order, const float *xy, const float *conic,
                              const float *cov, const float *opacity, const int32_t *rect, int32_t width,
-                             int32_t height, int32_t *box, int64_t *counts) {
+                             int32_t height, int32_t *box, double *lim, int64_t *counts) {
     const int32_t tiles_x = (width + TILE - 1) / TILE;
     int64_t total = 0;
     for (int32_t r = i0; r < i1; r++) {
@@ -161,13 +163,14 @@ EXPORT int64_t gag_bin_count(int32_t i0, int32_t i1, const int64_t *order, const
         int32_t x1 = rect[4 * i + 2] * TILE, y1 = rect[4 * i + 3] * TILE;   /* exclusive */
         const double mx = xy[2 * i], my = xy[2 * i + 1], a = conic[3 * i], b = conic[3 * i + 1], c = conic[3 * i + 2];
         bx[0] = 0; bx[1] = -1; bx[2] = 0; bx[3] = -1;
+        lim[i] = INFINITY;
         if (!isfinite(mx) || !isfinite(my) || !(opacity[i] >= ALPHA_MIN)) continue;   /* alpha <= o < 1/255 */
         if (!risky_conic(a, b, c)) {
             const double o255 = (double)opacity[i] * 255.0;
             const double rel = MARGIN_REL + F32_REL / (1.0 - (b / a) * (b / c));
-            const double lim = 2.0 * log(o255 > 1.0 ? o255 : 1.0) * (1.0 + rel) + 1e-6;
+            lim[i] = 2.0 * log(o255 > 1.0 ? o255 : 1.0) * (1.0 + rel) + 1e-6;
             const double va = cov[3 * i] > 0.0f ? cov[3 * i] : 0.0, vc = cov[3 * i + 2] > 0.0f ? cov[3 * i + 2] : 0.0;
-            double ex = sqrt(lim * va), ey = sqrt(lim * vc);
+            double ex = sqrt(lim[i] * va), ey = sqrt(lim[i] * vc);
             const double margin = MARGIN_PX + F32_ABS * (fmax(fabs(mx), fabs(my)) + fmax(ex, ey));
             ex += margin;
             ey += margin;
@@ -225,24 +228,31 @@ EXPORT void gag_bin_fill(int32_t i0, int32_t i1, const int64_t *order, const int
 #endif
 #endif
 #define SEGS (TILE / LANES)
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 
+/* x in every lane (x - 0 is x, -0 included, and compiles to a broadcast; x + 0 would be an
+ * addition, -0 + 0 being +0). */
+static inline vf splat(float x) { return x - (vf){0}; }
+
 static inline vf select(vi mask, vf yes, vf no) { return (vf)((mask & (vi)yes) | (~mask & (vi)no)); }
 
-/* Whether any lane of the mask is set (lanes OR-ed 64 bits at a time). */
+/* Whether any lane of the mask is set: one mask test on AVX-512 and AVX, else the lanes OR-ed 64
+ * bits at a time. */
 static inline int any(vi mask) {
+#if LANES == 16 && defined(__AVX512F__)
+    return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask) != 0;
+#elif LANES == 8 && defined(__AVX__)
+    return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
+#else
     uint64_t u[LANES / 2], r = 0;
     memcpy(u, &mask, sizeof u);
     for (int i = 0; i < LANES / 2; i++) r |= u[i];
     return r != 0;
-}
-
-/* Number of lanes of the mask set. */
-static inline int32_t count(vi mask) {
-    int32_t n = 0;
-    for (int i = 0; i < LANES; i++) n -= mask[i];
-    return n;
+#endif
 }
 
 /* a * b + c per lane, rounded once where the build's target has FMA (x86-64 CPUs since 2013, 64-bit
@@ -250,7 +260,6 @@ static inline int32_t count(vi mask) {
  * instructions (the compositing is 15-20% faster). A build without FMA rounds twice: its alphas
  * differ from FMA builds' in the last bit, here and there. */
 #if defined(HAS_FMA) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
 #if LANES % 16 == 0 && defined(__AVX512F__)
 #define FMA_WIDTH 16
 typedef __m512 fma_chunk;
@@ -288,13 +297,46 @@ static inline vf fmadd(vf a, vf b, vf c) {
 #endif
 }
 
+/* min(hi, max(lo, x)) per lane, NaN staying NaN: one instruction each on x86 (whose min and max
+ * return their second operand, x, when one is NaN or both are zeros), else two selects. */
+#if (defined(__x86_64__) || defined(__i386__)) && LANES % 16 == 0 && defined(__AVX512F__)
+#define CLAMP_WIDTH 16
+typedef __m512 clamp_chunk;
+#define CLAMP_CHUNK(lo, hi, x) _mm512_min_ps(hi, _mm512_max_ps(lo, x))
+#elif (defined(__x86_64__) || defined(__i386__)) && LANES % 8 == 0 && defined(__AVX__)
+#define CLAMP_WIDTH 8
+typedef __m256 clamp_chunk;
+#define CLAMP_CHUNK(lo, hi, x) _mm256_min_ps(hi, _mm256_max_ps(lo, x))
+#elif (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
+#define CLAMP_WIDTH 4
+typedef __m128 clamp_chunk;
+#define CLAMP_CHUNK(lo, hi, x) _mm_min_ps(hi, _mm_max_ps(lo, x))
+#endif
+
+static inline vf clamp(vf x, vf lo, vf hi) {
+#ifdef CLAMP_WIDTH
+    vf r;
+    for (int i = 0; i < LANES; i += CLAMP_WIDTH) {
+        clamp_chunk l, h, v;
+        memcpy(&l, (const float *)&lo + i, sizeof l);
+        memcpy(&h, (const float *)&hi + i, sizeof h);
+        memcpy(&v, (const float *)&x + i, sizeof v);
+        v = CLAMP_CHUNK(l, h, v);
+        memcpy((float *)&r + i, &v, sizeof v);
+    }
+    return r;
+#else
+    return select(x < lo, lo, select(x > hi, hi, x));
+#endif
+}
+
 /* exp(x) for float x <= 0, per lane, within about 1 ulp (Cody-Waite reduction by ln 2, Cephes'
  * degree-6 polynomial, multiply-adds by fmadd); below -60 it is exp(-60), above 0 it is 1 (lanes
  * the caller skips), NaN stays NaN. Clamped so that o exp(x) for o >= 1e-6 stays a normal float:
  * denormal arithmetic costs a hundred cycles a lane on x86, and alpha < 1/255 (skipped) either way. */
 static inline vf exp_neg(vf x) {
     const vf lo = (vf){0} - 60.0f, hi = (vf){0};
-    x = select(x < lo, lo, select(x > hi, hi, x));
+    x = clamp(x, lo, hi);
     const vf n = fmadd(x, (vf){0} + 1.44269504088896341f, (vf){0} + 12582912.0f) - 12582912.0f;   /* round(x / ln 2) */
     const vf r = fmadd(n, (vf){0} + 2.12194440e-4f, x - n * 0.693359375f);   /* x - n ln 2, n * 0.693359375 exact */
     vf p = fmadd(r, (vf){0} + 1.9875691500e-4f, (vf){0} + 1.3981999507e-3f);
@@ -306,100 +348,211 @@ static inline vf exp_neg(vf x) {
     return p * (vf)((__builtin_convertvector(n, vi) + 127) << 23);   /* times 2^n */
 }
 
+#ifndef KEPT   /* any number gives the same results, bit for bit */
+#define KEPT 512   /* a segment's weights kept before their sums are taken (most stop before) */
+#endif
+
+/* Colour channels summed in registers per sweep over a segment's weights (AVX-512 and 64-bit ARM
+ * have 32 vector registers, SSE and AVX 16). */
+#if defined(__AVX512F__) || defined(__aarch64__)
+#define SWEEP 16
+#else
+#define SWEEP 8
+#endif
+
+/* Channels c0 .. c0 + N - 1 of a segment: sum(colors[id[e], c] w[e]) over its m contributions in
+ * order, each term a multiply-add (fmadd), onto 0 (or, resume, onto what the planes of out [..,
+ * height, width] hold at pixel at: the same bits as one sum) and written there (lanes pixels).
+ * Inlined with a constant N, so the N sums stay in registers. */
+static inline void sweep(int N, int32_t c0, int32_t m, const int32_t *id, const vf *w, const float *colors,
+                         int32_t channels, float *out, int64_t plane, int64_t at, int32_t lanes, int resume) {
+    vf sum[SWEEP];
+    for (int i = 0; i < N; i++) {
+        sum[i] = (vf){0};
+        if (resume) memcpy(&sum[i], out + (c0 + i) * plane + at, (size_t)lanes * sizeof(float));
+    }
+    for (int32_t e = 0; e < m; e++) {
+        if (e + PREFETCH < m) __builtin_prefetch(colors + (int64_t)id[e + PREFETCH] * channels + c0);
+        const float *f = colors + (int64_t)id[e] * channels + c0;
+        const vf we = w[e];
+#pragma GCC unroll 16
+        for (int i = 0; i < N; i++) sum[i] = fmadd(splat(f[i]), we, sum[i]);
+    }
+    for (int i = 0; i < N; i++) memcpy(out + (c0 + i) * plane + at, &sum[i], (size_t)lanes * sizeof(float));
+}
+
+/* All the colour channels of a segment (sweep), SWEEP at a time, then 8, 4, 2, 1. */
+static void segment_sums(int32_t m, const int32_t *id, const vf *w, const float *colors, int32_t channels, float *out,
+                         int64_t plane, int64_t at, int32_t lanes, int resume) {
+    int32_t c0 = 0;
+    for (; channels - c0 >= SWEEP; c0 += SWEEP) sweep(SWEEP, c0, m, id, w, colors, channels, out, plane, at, lanes, resume);
+#if SWEEP > 8
+    if (channels - c0 >= 8) { sweep(8, c0, m, id, w, colors, channels, out, plane, at, lanes, resume); c0 += 8; }
+#endif
+    if (channels - c0 >= 4) { sweep(4, c0, m, id, w, colors, channels, out, plane, at, lanes, resume); c0 += 4; }
+    if (channels - c0 >= 2) { sweep(2, c0, m, id, w, colors, channels, out, plane, at, lanes, resume); c0 += 2; }
+    if (channels - c0 >= 1) sweep(1, c0, m, id, w, colors, channels, out, plane, at, lanes, resume);
+}
+
+#ifndef ROW_TESTS   /* 0: no row_hits (the same results, bit for bit, slower) */
+#define ROW_TESTS 1
+#endif
+
+/* Doubles and their masks at the vectors' width (LANES / 2 lanes), and half a vf. */
+typedef double vd __attribute__((vector_size(LANES * sizeof(float))));
+typedef int64_t vl __attribute__((vector_size(LANES * sizeof(float))));
+typedef float vhalf __attribute__((vector_size(LANES / 2 * sizeof(float))));
+
+/* Bit i set for the lanes i of the mask that are set. */
+static inline uint32_t bits_of(vl mask) {
+#if LANES == 16 && defined(__AVX512F__)
+    return _mm512_test_epi64_mask((__m512i)mask, (__m512i)mask);
+#elif LANES == 8 && defined(__AVX__)
+    return (uint32_t)_mm256_movemask_pd((__m256d)mask);
+#elif LANES == 4 && defined(__SSE2__)
+    return (uint32_t)_mm_movemask_pd((__m128d)mask);
+#else
+    uint32_t bits = 0;
+    for (int i = 0; i < LANES / 2; i++) bits |= (uint32_t)(mask[i] & 1) << i;
+    return bits;
+#endif
+}
+
+/* Bit y set for the tile rows y (pixel row ty0 + y) on which a pixel of columns x0 .. x1 may have
+ * alpha >= 1/255: where d^T conic d, least over those columns, is within lim (gag_bin_count's
+ * widened bound, which the float32 power of such a pixel meets). d is the kernel's float32 dx, dy:
+ * dx = mx - x falls from mx - x0 to mx - x1, as its rounding keeps the order. The least of the
+ * convex quadratic over that range is at its ends, or at -b dy / a when that lies between. A row
+ * it passes over holds no pixel that adds: whether a row is tested changes no bit of the result. */
+static inline uint32_t row_hits(int32_t ty0, float mx, float my, double a, double b, double c, double lim,
+                                int32_t x0, int32_t x1) {
+    const double lo = (double)(mx - (float)x1), hi = (double)(mx - (float)x0), nba = -b / a;
+    uint32_t bits = 0;   /* the misses */
+    for (int k = 0; k < TILE; k += LANES / 2) {
+        vhalf dyf;
+        for (int i = 0; i < LANES / 2; i++) dyf[i] = my - (float)(ty0 + k + i);   /* the kernel's dy */
+        const vd dy = __builtin_convertvector(dyf, vd), cdy2 = c * dy * dy, b2dy = 2.0 * b * dy, xs = nba * dy;
+        const vl miss = ((a * lo + b2dy) * lo + cdy2 > lim) & ((a * hi + b2dy) * hi + cdy2 > lim)
+                        & ((xs < lo) | (xs > hi) | ((a * xs + b2dy) * xs + cdy2 > lim));   /* NaN: not a miss */
+        bits |= bits_of(miss) << k;
+    }
+    return ~bits & ((2u << (TILE - 1)) - 1);
+}
+
 /* Composite tiles [t0, t1) front to back, as the kernel's renderCUDA.
  *
- * box, starts and list: gag_bin_count's and gag_bin_fill's (starts [tiles + 1] the lists' offsets).
- * The channels composited are colors [n, channels], then the view depth [n] (k = channels + 1 in
- * all, in passes of 64); out [k, height, width] receives
- * sum(f alpha T) and final_t [height, width] the transmittance left. Each Gaussian is evaluated on
- * the tile rows its box covers, LANES pixels at a time (pixels outside the box are skipped); a
- * tile stops when all its pixels have.
+ * box, lim, starts and list: gag_bin_count's and gag_bin_fill's (starts [tiles + 1] the lists'
+ * offsets). The channels composited are colors [n, channels], then the view depth [n]; out
+ * [channels + 1, height, width] receives sum(f alpha T) and final_t [height, width] the
+ * transmittance left.
+ *
+ * A tile row is cut into SEGS segments of LANES pixels. Each Gaussian of the tile's list is
+ * evaluated on the segments of its box where a pixel may reach alpha >= 1/255 (row_hits) and has
+ * not stopped (pixels outside the box are skipped): alpha, the kernel's step, and for the
+ * segments it adds to, its weights alpha T, kept in order; until every pixel of the tile has
+ * stopped. Then each segment's colour sums are taken over its weights, SWEEP channels at a time in
+ * registers (and whenever KEPT weights are waiting). Returns 0, or -1 when it cannot allocate them.
  */
-EXPORT void gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t height, const float *xy,
-                             const float *conic, const float *opacity, const int32_t *box,
-                             const int64_t *starts, const int32_t *list, const float *colors,
-                             const float *depth, int32_t channels,
-                             float *out, float *final_t) {
-    const int32_t tiles_x = (width + TILE - 1) / TILE, k = channels + 1;
-    vf acc[TILE * SEGS * 64];   /* [segment][channel]: sum(f alpha T) of the segment's pixels */
-    vf T[TILE * SEGS], live[TILE * SEGS], alpha[TILE * SEGS];   /* live: all bits set, 0 once a pixel is done */
+EXPORT int32_t gag_render_tiles(int32_t t0, int32_t t1, int32_t width, int32_t height, const float *xy,
+                                const float *conic, const float *opacity, const int32_t *box, const double *lim,
+                                const int64_t *starts, const int32_t *list, const float *colors,
+                                const float *depth, int32_t channels, float *out, float *final_t) {
+    enum { S = TILE * SEGS };
+    const int32_t tiles_x = (width + TILE - 1) / TILE;
+    const int64_t plane = (int64_t)width * height;
+    /* w [S][KEPT], id [S][KEPT]: each segment's contributions in order, until their sums are taken */
+    char *block = malloc((size_t)KEPT * S * (sizeof(vf) + sizeof(int32_t)) + sizeof(vf));
+    if (!block) return -1;
+    vf *w = (vf *)(((uintptr_t)block + sizeof(vf) - 1) & ~(uintptr_t)(sizeof(vf) - 1));   /* aligned */
+    int32_t *id = (int32_t *)(w + KEPT * S);
+    /* per segment s = q TILE + y (tile row y, pixels q LANES .. q LANES + LANES - 1 of the row); live:
+     * all bits set, 0 once a pixel is done (or outside the image); m: contributions kept; resume:
+     * whether sums were taken already (the planes hold them) */
+    vf T[S], live[S], z_sum[S];
+    int32_t m[S], resume[S];
     vi lane;
     for (int i = 0; i < LANES; i++) lane[i] = i;
     const vf lane_f = __builtin_convertvector(lane, vf);
-    const int64_t plane = (int64_t)width * height;
     for (int32_t t = t0; t < t1; t++) {
         const int32_t tx0 = (t % tiles_x) * TILE, ty0 = (t / tiles_x) * TILE;
         const int32_t tw = width - tx0 < TILE ? width - tx0 : TILE, th = height - ty0 < TILE ? height - ty0 : TILE;
-        for (int32_t ch0 = 0; ch0 < k; ch0 += 64) {   /* channels in groups of 64 (one pass for k <= 64) */
-            const int32_t kc = k - ch0 < 64 ? k - ch0 : 64;
-            memset(acc, 0, sizeof(vf) * TILE * SEGS * (size_t)kc);
-            for (int32_t i = 0; i < TILE * SEGS; i++) {
-                T[i] = (vf){0} + 1.0f;
-                live[i] = (vf)((vi){0} - 1);
+        uint32_t going[SEGS], any_going = 0;   /* going[q] bit y: segment (q, y) has a pixel going on */
+        for (int q = 0; q < SEGS; q++) any_going |= going[q] = q * LANES < tw ? (1u << th) - 1 : 0;
+        for (int32_t s = 0; s < S; s++) {
+            T[s] = splat(1.0f);
+            live[s] = (vf)(lane < tw - (s / TILE) * LANES);
+            z_sum[s] = (vf){0};
+            m[s] = resume[s] = 0;
+        }
+        for (int64_t j = starts[t]; j < starts[t + 1] && any_going; j++) {
+            const int32_t g = list[j];
+            if (j + PREFETCH < starts[t + 1]) {   /* lists jump through memory: fetch ahead */
+                const int64_t h = list[j + PREFETCH];
+                __builtin_prefetch(box + 4 * h);
+                __builtin_prefetch(xy + 2 * h);
+                __builtin_prefetch(conic + 3 * h);
+                __builtin_prefetch(opacity + h);
+                __builtin_prefetch(depth + h);
+                __builtin_prefetch(lim + h);
             }
-            int32_t left = tw * th;
-            for (int64_t j = starts[t]; j < starts[t + 1] && left > 0; j++) {
-                const int32_t g = list[j];
-                if (j + PREFETCH < starts[t + 1]) {   /* lists jump through memory: fetch ahead */
-                    const int64_t h = list[j + PREFETCH];
-                    __builtin_prefetch(box + 4 * h);
-                    __builtin_prefetch(xy + 2 * h);
-                    __builtin_prefetch(conic + 3 * h);
-                    __builtin_prefetch(opacity + h);
-                    for (int32_t ch = 0; ch < channels; ch += 16) __builtin_prefetch(colors + h * channels + ch);
-                    __builtin_prefetch(depth + h);
-                }
-                const int32_t *bx = box + 4 * (int64_t)g;
-                const int32_t ya = bx[2] > ty0 ? bx[2] : ty0, yb = bx[3] < ty0 + th - 1 ? bx[3] : ty0 + th - 1;
-                const float my = xy[2 * g + 1], a = conic[3 * g], b = conic[3 * g + 1], c = conic[3 * g + 2];
-                vi in_box[SEGS];   /* the box lies inside the image */
-                vf adx2[SEGS], bdx[SEGS];
-                for (int q = 0; q < SEGS; q++) {
-                    in_box[q] = (lane >= bx[0] - tx0 - q * LANES) & (lane <= bx[1] - tx0 - q * LANES);
-                    const vf dx = xy[2 * g] - (lane_f + (float)(tx0 + q * LANES));
-                    adx2[q] = a * dx * dx;
-                    bdx[q] = b * dx;
-                }
-                const float o = opacity[g] > 1e-6f ? opacity[g] : 1e-6f;   /* alpha < 1/255 either way */
-                const float *restrict f = colors + (int64_t)g * channels + ch0;   /* ch0 .. ch0 + kf: colours */
-                const int32_t kf = channels - ch0 < kc ? channels - ch0 : kc;
-                const float z = depth[g];
-                for (int32_t y = ya; y <= yb; y++) {   /* alpha for the rows (independent, so they overlap) */
-                    const float dy = my - (float)y, cdy2 = c * dy * dy;
-                    for (int q = 0; q < SEGS; q++) {
-                        if (!any((vi)live[(y - ty0) * SEGS + q])) continue;   /* all done: alpha unused */
-                        const vf power = -0.5f * (adx2[q] + cdy2) - bdx[q] * dy;   /* the kernel's expression */
-                        vf al = o * exp_neg(power);
-                        al = select(al > ALPHA_MAX, (vf){0} + ALPHA_MAX, al);
-                        /* skipped (0): outside the box, power > 0 or NaN, alpha < 1/255 */
-                        alpha[(y - ty0) * SEGS + q] = select(in_box[q] & (power <= 0.0f) & (al >= ALPHA_MIN), al, (vf){0});
-                    }
-                }
-                for (int32_t s = (ya - ty0) * SEGS; s < (yb - ty0 + 1) * SEGS; s++) {   /* the kernel's step */
-                    const vf al = alpha[s], t_in = T[s], test_t = t_in * (1.0f - al);
-                    const vi used = (al != 0.0f) & (vi)live[s];   /* not skipped, pixel not done */
-                    if (!any(used)) continue;
+            const int32_t *bx = box + 4 * (int64_t)g;
+            const int32_t ya = bx[2] > ty0 ? bx[2] - ty0 : 0, yb = bx[3] < ty0 + th - 1 ? bx[3] - ty0 : th - 1;
+            const uint32_t box_rows = ((2u << yb) - 1) & ~((1u << ya) - 1);
+            const float mx = xy[2 * g], my = xy[2 * g + 1], a = conic[3 * g], b = conic[3 * g + 1], c = conic[3 * g + 2];
+            const float o = opacity[g] > 1e-6f ? opacity[g] : 1e-6f;   /* alpha < 1/255 either way */
+            const vf z = splat(depth[g]);
+            any_going = 0;
+            for (int q = 0; q < SEGS; q++) {
+                const int32_t x0 = tx0 + q * LANES;
+                const int32_t xa = bx[0] > x0 ? bx[0] : x0, xb = bx[1] < x0 + LANES - 1 ? bx[1] : x0 + LANES - 1;
+                uint32_t todo = xa <= xb ? box_rows & going[q] : 0;
+                if (ROW_TESTS && todo) todo &= row_hits(ty0, mx, my, a, b, c, lim[g], xa, xb);
+                const vi in_box = (lane >= bx[0] - x0) & (lane <= bx[1] - x0);
+                const vf dx = mx - (lane_f + (float)x0), adx2 = a * dx * dx, bdx = b * dx;
+                while (todo) {
+                    const int32_t y = __builtin_ctz(todo), s = q * TILE + y;
+                    todo &= todo - 1;
+                    const float dy = my - (float)(ty0 + y), cdy2 = c * dy * dy;
+                    const vf power = -0.5f * (adx2 + cdy2) - bdx * dy;   /* the kernel's expression */
+                    vf al = o * exp_neg(power);
+                    al = select(al > ALPHA_MAX, splat(ALPHA_MAX), al);
+                    /* skipped: outside the box, power > 0 or NaN, alpha < 1/255, pixel done */
+                    const vi used = in_box & (power <= 0.0f) & (al >= ALPHA_MIN) & (vi)live[s];
+                    /* The kernel's step, without branches: a branch on alpha would be mispredicted
+                     * often, and is only decided once its exp is computed. */
+                    const vf test_t = T[s] * (1.0f - al);
                     const vi stop = used & (test_t < T_MIN), add = used & ~stop;
-                    const vf weight = select(add, al * t_in, (vf){0});
-                    T[s] = select(add, test_t, t_in);
-                    if (any(stop)) {
-                        live[s] = select(stop, (vf){0}, live[s]);
-                        left -= count(stop);
+                    const vf weight = select(add, al * T[s], (vf){0});
+                    T[s] = select(add, test_t, T[s]);
+                    id[s * KEPT + m[s]] = g;   /* kept when it adds to a pixel */
+                    w[s * KEPT + m[s]] = weight;
+                    m[s] += any(add);
+                    if (m[s] == KEPT) {   /* full: the sums so far into the planes */
+                        segment_sums(KEPT, id + s * KEPT, w + s * KEPT, colors, channels, out, plane,
+                                     (int64_t)(ty0 + y) * width + tx0 + q * LANES,
+                                     tw - q * LANES < LANES ? tw - q * LANES : LANES, resume[s]);
+                        m[s] = 0;
+                        resume[s] = 1;
                     }
-                    vf *restrict seg_acc = acc + s * kc;
-                    for (int32_t ch = 0; ch < kf; ch++) seg_acc[ch] += f[ch] * weight;
-                    if (kf < kc) seg_acc[kf] += z * weight;   /* the depth channel */
+                    z_sum[s] = fmadd(z, weight, z_sum[s]);   /* + 0 where it does not add */
+                    live[s] = select(stop, (vf){0}, live[s]);
+                    going[q] &= ~((uint32_t)!any((vi)live[s]) << y);
                 }
+                any_going |= going[q];
             }
-            for (int32_t y = 0; y < th; y++)   /* the tile's rows into the planes, a segment at a time */
-                for (int q = 0; q < SEGS && q * LANES < tw; q++) {
-                    const int32_t s = y * SEGS + q, n = tw - q * LANES < LANES ? tw - q * LANES : LANES;
-                    const int64_t at = (int64_t)(ty0 + y) * width + tx0 + q * LANES;
-                    for (int32_t ch = 0; ch < kc; ch++) memcpy(out + (ch0 + ch) * plane + at, &acc[s * kc + ch], n * sizeof(float));
-                    if (ch0 == 0) memcpy(final_t + at, &T[s], n * sizeof(float));
-                }
+        }
+        for (int32_t s = 0; s < S; s++) {   /* the segments' sums into the planes */
+            const int32_t y = s % TILE, x0 = (s / TILE) * LANES;
+            if (y >= th || x0 >= tw) continue;
+            const int64_t at = (int64_t)(ty0 + y) * width + tx0 + x0;
+            const int32_t lanes = tw - x0 < LANES ? tw - x0 : LANES;
+            memcpy(final_t + at, &T[s], (size_t)lanes * sizeof(float));
+            memcpy(out + channels * plane + at, &z_sum[s], (size_t)lanes * sizeof(float));
+            segment_sums(m[s], id + s * KEPT, w + s * KEPT, colors, channels, out, plane, at, lanes, resume[s]);
         }
     }
+    free(block);
+    return 0;
 }
 
 /* Frame compositing (engine/framing.py): avatars' crop planes resampled into a frame's render
@@ -818,4 +971,124 @@ EXPORT int32_t gag_wino_conv_team(const void *gomp_parallel, const void *thread_
     job.bias = bias; job.noise = noise; job.noise_weight = noise_weight; job.slope = slope; job.out = out;
     team_run(gomp_parallel, threads, wino_job_part, &job);
     return job.failed;
+}
+
+/* The splatting kernels on torch's OpenMP team (team_run). preprocess, bin_count and bin_fill take
+ * the n Gaussians (of the order) in `workers` ranges, range w being [n w / workers, n (w + 1) /
+ * workers), each thread of the team the ranges w = its number, + the team's size, ...: the same
+ * ranges whatever the team's size, as bin_fill's cursor [workers, tiles] rows follow bin_count's
+ * counts [workers, tiles] rows. render_tiles takes the tiles in chunks, in turn (tiles differ in
+ * cost). */
+struct splat_job {
+    omp_query_t thread_num, num_threads;
+    int32_t workers, n, width, height, tiles, chunk, channels;
+    double tanfovx, tanfovy;
+    const float *means, *covars, *V, *P, *xy, *conic, *cov, *opacity, *colors, *depth_in;
+    const int64_t *order, *starts;
+    const int32_t *rect_in, *box_in, *list_in;
+    const double *lim_in;
+    float *xy_out, *depth, *conic_out, *cov2d, *out, *final_t;
+    int32_t *radii, *rect, *box, *list;
+    uint8_t *valid;
+    double *lim;
+    int64_t *counts, *cursor;
+    int64_t total;   /* bin_count's pairs (atomic) */
+    int32_t next, failed;   /* render_tiles' next tile (atomic), whether a thread could not allocate */
+};
+
+/* The ranges of this thread: for (w = first; w < workers; w += step) over [range(w), range(w + 1)). */
+#define TEAM_RANGES(j, w)                                                                     \
+    for (int32_t w = (j)->thread_num(), step_ = (j)->num_threads(); w < (j)->workers; w += step_)
+#define RANGE(j, w) ((int32_t)((int64_t)(j)->n * (w) / (j)->workers))
+
+static void preprocess_part(void *data) {
+    struct splat_job *j = data;
+    TEAM_RANGES(j, w)
+        gag_preprocess(RANGE(j, w), RANGE(j, w + 1), j->means, j->covars, j->V, j->P, j->tanfovx, j->tanfovy, j->width,
+                       j->height, j->xy_out, j->depth, j->conic_out, j->cov2d, j->radii, j->rect, j->valid);
+}
+
+static void bin_count_part(void *data) {
+    struct splat_job *j = data;
+    TEAM_RANGES(j, w) {
+        const int64_t pairs = gag_bin_count(RANGE(j, w), RANGE(j, w + 1), j->order, j->xy, j->conic, j->cov, j->opacity,
+                                            j->rect_in, j->width, j->height, j->box, j->lim,
+                                            j->counts + (int64_t)w * j->tiles);
+        __atomic_fetch_add(&j->total, pairs, __ATOMIC_RELAXED);
+    }
+}
+
+static void bin_fill_part(void *data) {
+    struct splat_job *j = data;
+    TEAM_RANGES(j, w)
+        gag_bin_fill(RANGE(j, w), RANGE(j, w + 1), j->order, j->box_in, j->width, j->cursor + (int64_t)w * j->tiles,
+                     j->list);
+}
+
+static void render_tiles_part(void *data) {
+    struct splat_job *j = data;
+    for (;;) {
+        const int32_t t = __atomic_fetch_add(&j->next, j->chunk, __ATOMIC_RELAXED);
+        if (t >= j->tiles) return;
+        if (gag_render_tiles(t, t + j->chunk < j->tiles ? t + j->chunk : j->tiles, j->width, j->height, j->xy, j->conic,
+                             j->opacity, j->box_in, j->lim_in, j->starts, j->list_in, j->colors, j->depth_in,
+                             j->channels, j->out, j->final_t))
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static struct splat_job team_job(const void *thread_num, const void *num_threads, int32_t workers, int32_t n) {
+    struct splat_job j;
+    memset(&j, 0, sizeof j);
+    memcpy(&j.thread_num, &thread_num, sizeof j.thread_num);
+    memcpy(&j.num_threads, &num_threads, sizeof j.num_threads);
+    j.workers = workers;
+    j.n = n;
+    return j;
+}
+
+EXPORT void gag_preprocess_team(const void *gomp_parallel, const void *thread_num, const void *num_threads,
+                                int32_t threads, int32_t n, const float *means, const float *covars, const float *V,
+                                const float *P, double tanfovx, double tanfovy, int32_t width, int32_t height,
+                                float *xy, float *depth, float *conic, float *cov2d, int32_t *radii, int32_t *rect,
+                                uint8_t *valid) {
+    struct splat_job j = team_job(thread_num, num_threads, threads, n);
+    j.means = means; j.covars = covars; j.V = V; j.P = P; j.tanfovx = tanfovx; j.tanfovy = tanfovy;
+    j.width = width; j.height = height; j.xy_out = xy; j.depth = depth; j.conic_out = conic; j.cov2d = cov2d;
+    j.radii = radii; j.rect = rect; j.valid = valid;
+    team_run(gomp_parallel, threads, preprocess_part, &j);
+}
+
+EXPORT int64_t gag_bin_count_team(const void *gomp_parallel, const void *thread_num, const void *num_threads,
+                                  int32_t threads, int32_t workers, int32_t n, int32_t tiles, const int64_t *order,
+                                  const float *xy, const float *conic, const float *cov, const float *opacity,
+                                  const int32_t *rect, int32_t width, int32_t height, int32_t *box, double *lim,
+                                  int64_t *counts) {
+    struct splat_job j = team_job(thread_num, num_threads, workers, n);
+    j.tiles = tiles; j.order = order; j.xy = xy; j.conic = conic; j.cov = cov; j.opacity = opacity; j.rect_in = rect;
+    j.width = width; j.height = height; j.box = box; j.lim = lim; j.counts = counts;
+    team_run(gomp_parallel, threads, bin_count_part, &j);
+    return j.total;
+}
+
+EXPORT void gag_bin_fill_team(const void *gomp_parallel, const void *thread_num, const void *num_threads,
+                              int32_t threads, int32_t workers, int32_t n, int32_t tiles, const int64_t *order,
+                              const int32_t *box, int32_t width, int64_t *cursor, int32_t *list) {
+    struct splat_job j = team_job(thread_num, num_threads, workers, n);
+    j.tiles = tiles; j.order = order; j.box_in = box; j.width = width; j.cursor = cursor; j.list = list;
+    team_run(gomp_parallel, threads, bin_fill_part, &j);
+}
+
+EXPORT int32_t gag_render_tiles_team(const void *gomp_parallel, const void *thread_num, const void *num_threads,
+                                     int32_t threads, int32_t tiles, int32_t chunk, int32_t width, int32_t height,
+                                     const float *xy, const float *conic, const float *opacity, const int32_t *box,
+                                     const double *lim, const int64_t *starts, const int32_t *list,
+                                     const float *colors, const float *depth, int32_t channels, float *out,
+                                     float *final_t) {
+    struct splat_job j = team_job(thread_num, num_threads, threads, 0);
+    j.tiles = tiles; j.chunk = chunk > 0 ? chunk : 1; j.width = width; j.height = height; j.xy = xy; j.conic = conic;
+    j.opacity = opacity; j.box_in = box; j.lim_in = lim; j.starts = starts; j.list_in = list; j.colors = colors;
+    j.depth_in = depth; j.channels = channels; j.out = out; j.final_t = final_t;
+    team_run(gomp_parallel, threads, render_tiles_part, &j);
+    return j.failed;
 }
