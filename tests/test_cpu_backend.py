@@ -14,6 +14,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from gagavatar.engine.cameras import build_camera_matrices, look_at_transform, transform_from_pose
 from gagavatar.engine.splatting import cpu_backend, torch_backend
@@ -354,41 +355,45 @@ def test_every_vector_width_gives_the_same_bits(lib, tmp_path, fma_flags):
             assert torch.equal(a, b)
 
 
+def _native_build(tmp_path, fma_flags, define: str):
+    """The kernel built for this CPU (as :mod:`cpu_backend` builds it) with one more ``-D`` define."""
+    path = tmp_path / f"{define.replace('=', '_')}.so"
+    subprocess.run([*cpu_backend._compiler(), *fma_flags, *cpu_backend.FLAGS, *cpu_backend.NATIVE_FLAGS, f"-D{define}",
+                    "-o", str(path), str(cpu_backend.SOURCE), "-lm"], check=True, capture_output=True)
+    return cpu_backend.load(path)
+
+
+def _same_bits(builds, g, size=(40, 72)) -> tuple[Tensor, ...]:
+    """``g`` seen by ``CAMERA`` composited by each build, asserted bit for bit alike; the first's result."""
+    outs = [torch_backend.rasterize(*_camera_args(g, size=size), composite=lambda pre, c, o, h, w, b=b:
+                                    cpu_backend.composite_camera(b, pre, c, o, h, w)) for b in builds]
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.equal(a, b)
+    return outs[0]
+
+
 def test_weights_summed_in_parts_give_the_same_bits(lib, tmp_path, fma_flags):
     """A tile row keeps its weights (alpha T per Gaussian) until their colour sums are taken, and
     takes them early when KEPT are waiting: a build that keeps 3 composites bit for bit as the CPU's
     own, on faint Gaussians (hundreds of contributions a pixel) and on the usual scene."""
-    cc = [*cpu_backend._compiler(), *fma_flags]
-    path = tmp_path / "kept3.so"
-    subprocess.run([*cc, *cpu_backend.FLAGS, *cpu_backend.NATIVE_FLAGS, "-DKEPT=3", "-o", str(path),
-                    str(cpu_backend.SOURCE), "-lm"], check=True, capture_output=True)
-    build = cpu_backend.load(path)
+    build = _native_build(tmp_path, fma_flags, "KEPT=3")
     faint = _scene(n=2000, channels=35)
     faint["opacities"] = faint["opacities"] * 0.02 + 0.005
     for g in (faint, _scene(n=2000, channels=35)):
-        outs = [torch_backend.rasterize(*_camera_args(g), composite=lambda pre, c, o, h, w, b=b:
-                                        cpu_backend.composite_camera(b, pre, c, o, h, w)) for b in (build, lib)]
-        for a, b in zip(*outs):
-            assert torch.equal(a, b)
-    assert 0.5 < outs[0][1].max()
+        alpha = 1.0 - _same_bits((build, lib), g)[1]
+    assert 0.5 < alpha.max()
 
 
 def test_rows_passed_over_hold_nothing_that_adds(lib, tmp_path, fma_flags):
     """Row segments where no pixel can reach alpha >= 1/255 (row_hits) are passed over: a build that
     evaluates every one composites bit for bit alike, thin tilted Gaussians (strongly correlated
     conics) included."""
-    cc = [*cpu_backend._compiler(), *fma_flags]
-    path = tmp_path / "every_row.so"
-    subprocess.run([*cc, *cpu_backend.FLAGS, *cpu_backend.NATIVE_FLAGS, "-DROW_TESTS=0", "-o", str(path),
-                    str(cpu_backend.SOURCE), "-lm"], check=True, capture_output=True)
-    build = cpu_backend.load(path)
+    build = _native_build(tmp_path, fma_flags, "ROW_TESTS=0")
     thin = _scene(n=3000, seed=1)
     thin["scales"][..., 0] *= 0.02
     for g in (thin, _scene(n=3000, seed=2)):
-        outs = [torch_backend.rasterize(*_camera_args(g, size=(64, 96)), composite=lambda pre, c, o, h, w, b=b:
-                                        cpu_backend.composite_camera(b, pre, c, o, h, w)) for b in (build, lib)]
-        for a, b in zip(*outs):
-            assert torch.equal(a, b)
+        _same_bits((build, lib), g, size=(64, 96))
 
 
 def _camera_args(g, size=(40, 72), focal=5.0):
